@@ -1,0 +1,304 @@
+"""The one schema for YAML files and command-line overrides.
+
+A run is described by a :class:`RunConfig` made of four sections. Every leaf key is unique across
+sections, so a user may write ``lr=1e-4``, ``--lr 1e-4`` or ``method.lr=1e-4`` alike; YAML files may be
+nested by section or flat. Defaults that depend on the method (learning rate, schedule, ...) are left as
+``None`` here and filled in by :func:`resolve`, so that ``config.yaml`` in a run folder records the value
+actually used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from zoft.errors import ZoftError
+
+Method = Literal["lora", "full", "mezo"]
+Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class DataConfig:
+    task: str = _help("GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or 'custom'", default="mrpc")
+    data_dir: str | None = _help(
+        "folder in the GLUE distribution layout; default $GLUE_DIR, else the Hugging Face hub", default=None
+    )
+    train_file: str | None = _help("task=custom: CSV or JSONL file with the training examples", default=None)
+    test_file: str | None = _help("task=custom: CSV or JSONL file scored as the test split", default=None)
+    text_columns: list[str] | None = _help("task=custom: one or two text columns, comma-separated", default=None)
+    label_column: str = _help("task=custom: the label column", default="label")
+    validation_fraction: float = _help("share of train held out (stratified) as the validation split", default=0.1)
+    train_limit: int | None = _help("keep at most this many training examples (after the hold-out)", default=None)
+    k_shot: int | None = _help("keep K training and K validation examples per class (MeZO protocol)", default=None)
+    max_length: int = _help("truncate inputs to this many tokens", default=128)
+
+
+@dataclass
+class ModelConfig:
+    model: str = _help("Hugging Face model name, local folder, or the alias 'minilm' (offline default)",
+                       default="minilm")
+    dtype: Literal["float32", "bfloat16", "float16"] = _help("parameter dtype", default="float32")
+    lora_r: int = _help("LoRA rank", default=8)
+    lora_alpha: float = _help("LoRA alpha (scale = alpha / r)", default=16.0)
+    lora_dropout: float = _help("LoRA dropout", default=0.1)
+    target_modules: list[str] | None = _help(
+        "modules that get LoRA adapters, comma-separated; default: PEFT's choice for the model family",
+        default=None,
+    )
+
+
+@dataclass
+class MethodConfig:
+    method: Method = _help("lora / full: backprop with AdamW; mezo: zeroth-order SGD", default="lora")
+    params: str | None = _help("mezo: what it trains: 'lora', 'all' or a regex over parameter names",
+                               default=None)
+    lr: float | None = _help("peak learning rate (default depends on the method)", default=None)
+    weight_decay: float | None = _help("decoupled weight decay, not applied to biases and LayerNorm", default=None)
+    schedule: Schedule | None = _help("learning-rate schedule (default: linear for backprop, constant for mezo)",
+                                      default=None)
+    warmup_ratio: float | None = _help("share of the steps spent warming up the learning rate", default=None)
+    max_grad_norm: float | None = _help("backprop: clip the gradient norm (0: off)", default=1.0)
+    eps: float = _help("mezo: perturbation size epsilon", default=1e-3)
+    n_perturbations: int = _help("mezo: random directions per step (n-SPSA)", default=1)
+    momentum: float = _help("mezo: momentum of the projected-gradient update (ZO-SGD-MMT)", default=0.0)
+    grad_accumulation: int = _help("micro-batches per optimiser step", default=1)
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = _help("optimiser steps (default: from epochs, else the method's default)", default=None)
+    epochs: float | None = _help("passes over the training split, if steps is not given", default=None)
+    batch_size: int = _help("examples per micro-batch", default=16)
+    eval_batch_size: int = _help("examples per evaluation batch", default=64)
+    eval_every: int = _help("evaluate validation and test every this many steps (and at the end)", default=100)
+    log_every: int = _help("write a metrics line every this many steps", default=10)
+    checkpoint_every: int = _help("save a resumable checkpoint every this many steps (0: only at the end)",
+                                  default=500)
+    seed: int = _help("seed of the run: hold-out, data order, initialisation, dropout, perturbations",
+                      default=42)
+    device: str = _help("auto, cpu, cuda, cuda:N, mps", default="auto")
+    select_metric: str | None = _help("validation metric that chooses the best checkpoint (default: the task's)",
+                                      default=None)
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def config_keys() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Every leaf key, mapped to (section, field)."""
+    keys: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section, cls in _section_classes().items():
+        for f in dataclasses.fields(cls):
+            keys[f.name] = (section, f)
+    return keys
+
+
+def _key_type(section: str, key: str) -> Any:
+    return typing.get_type_hints(_section_classes()[section])[key]
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _describe(inner[0]) + " or null"
+    if origin is list:
+        return "a comma-separated list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Turn a YAML or command-line value into the declared type of `key`, or raise a ZoftError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return coerce(key, value, inner[0])
+    try:
+        if origin is Literal:
+            allowed = typing.get_args(tp)
+            if value not in allowed:
+                raise ValueError
+            return value
+        if origin is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [str(item).strip() for item in items if str(item).strip()]
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ZoftError(f"config key '{key}': {value!r} is not {_describe(tp)}") from None
+    raise AssertionError(f"unsupported config type {tp} for {key}")
+
+
+def _unknown_key(key: str) -> ZoftError:
+    known = ", ".join(sorted(config_keys()))
+    return ZoftError(f"unknown config key '{key}'; known keys: {known}")
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return a copy of `config` with `overrides` ({key or section.key: value}) applied and type-checked."""
+    config = dataclasses.replace(
+        config, **{name: dataclasses.replace(getattr(config, name)) for name in SECTIONS}
+    )
+    keys = config_keys()
+    for raw_key, value in overrides.items():
+        key = raw_key.replace("-", "_")
+        section_hint, _, leaf = key.rpartition(".")
+        if leaf not in keys or (section_hint and keys[leaf][0] != section_hint):
+            raise _unknown_key(raw_key)
+        section, _ = keys[leaf]
+        setattr(getattr(config, section), leaf, coerce(leaf, value, _key_type(section, leaf)))
+    return config
+
+
+def flatten_yaml(document: Any, source: str) -> dict[str, Any]:
+    """Accept a YAML mapping that is nested by section, flat, or a mix of both."""
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ZoftError(f"{source}: expected a mapping of config keys, got {type(document).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in document.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ZoftError(f"{source}: section '{key}' must be a mapping")
+            flat.update({f"{key}.{leaf}": v for leaf, v in value.items()})
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ZoftError(f"config file {path} does not exist")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ZoftError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    return flatten_yaml(document, str(path))
+
+
+def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the YAML file, then the overrides; resolved and validated."""
+    config = RunConfig()
+    if config_file is not None:
+        config = apply_overrides(config, load_yaml(config_file))
+    return resolve(apply_overrides(config, overrides or {}))
+
+
+# Defaults per method, chosen on the MRPC validation split with MiniLM (docs/results.md says how).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"lr": 5e-4, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 1500},
+    "full": {"lr": 5e-5, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 1500},
+    "mezo": {"lr": 1e-4, "schedule": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "steps": 3000},
+}
+MEZO_ALL_LR = 1e-6
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """Fill the method-dependent defaults and check values that types alone cannot."""
+    m, t, d = config.method, config.train, config.data
+    defaults = METHOD_DEFAULTS[m.method]
+    if m.method == "mezo" and m.params is None:
+        m.params = "lora"
+    if m.method != "mezo" and m.params is not None:
+        raise ZoftError(f"config key 'params' applies to method mezo only, not to '{m.method}'")
+    if m.lr is None:
+        m.lr = MEZO_ALL_LR if m.method == "mezo" and m.params == "all" else defaults["lr"]
+    for key in ("schedule", "warmup_ratio", "weight_decay"):
+        if getattr(m, key) is None:
+            setattr(m, key, defaults[key])
+    if t.steps is None and t.epochs is None:
+        t.steps = defaults["steps"]
+    if d.data_dir is None and os.environ.get("GLUE_DIR") and d.task != "custom":
+        d.data_dir = os.environ["GLUE_DIR"]
+    _check_ranges(config)
+    return config
+
+
+def _check_ranges(config: RunConfig) -> None:
+    m, t, d, mo = config.method, config.train, config.data, config.model
+    positive = {
+        "lr": m.lr, "eps": m.eps, "n_perturbations": m.n_perturbations, "grad_accumulation": m.grad_accumulation,
+        "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "eval_every": t.eval_every,
+        "log_every": t.log_every, "max_length": d.max_length, "lora_r": mo.lora_r, "lora_alpha": mo.lora_alpha,
+    }
+    for key, value in positive.items():
+        if value is None or value <= 0:
+            raise ZoftError(f"config key '{key}': must be > 0, got {value}")
+    optional_positive = {"steps": t.steps, "epochs": t.epochs, "train_limit": d.train_limit, "k_shot": d.k_shot}
+    for key, value in optional_positive.items():
+        if value is not None and value <= 0:
+            raise ZoftError(f"config key '{key}': must be > 0, got {value}")
+    non_negative = {"weight_decay": m.weight_decay, "momentum": m.momentum, "lora_dropout": mo.lora_dropout,
+                    "checkpoint_every": t.checkpoint_every, "max_grad_norm": m.max_grad_norm or 0.0}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ZoftError(f"config key '{key}': must be >= 0, got {value}")
+    if not 0 < d.validation_fraction < 1:
+        raise ZoftError(f"config key 'validation_fraction': must be between 0 and 1, got {d.validation_fraction}")
+    if not 0 <= m.warmup_ratio < 1:
+        raise ZoftError(f"config key 'warmup_ratio': must be in [0, 1), got {m.warmup_ratio}")
+    if not 0 <= m.momentum < 1:
+        raise ZoftError(f"config key 'momentum': must be in [0, 1), got {m.momentum}")
+    if d.text_columns is not None and not 1 <= len(d.text_columns) <= 2:
+        raise ZoftError(f"config key 'text_columns': expected one or two columns, got {d.text_columns}")
+
+
+def from_dict(document: dict[str, Any]) -> RunConfig:
+    """Rebuild a config from ``config.yaml`` of a run folder."""
+    return apply_overrides(RunConfig(), flatten_yaml(document, "config.yaml"))
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

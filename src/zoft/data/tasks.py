@@ -1,0 +1,144 @@
+"""Each GLUE task described once: its files, the columns of its texts and label, its metrics.
+
+Label order (the class index a model predicts) is the order of ``label_names``:
+
+- cola, sst2, mrpc, qqp, wnli: ``("0", "1")`` as written in the files (1 = acceptable / positive /
+  paraphrase / duplicate / entailment).
+- rte, qnli: ``("entailment", "not_entailment")``.
+- mnli: ``("contradiction", "entailment", "neutral")``, alphabetical, the order of the original GLUE
+  processors (the hub numbers them differently; ``hub_label_names`` maps its ids onto ours).
+- stsb: regression (``label_names is None``), the score is a float in [0, 5].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zoft.errors import ZoftError
+
+Column = str | int  # a header name, or a 0-based index for files without a header row
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    text_columns: tuple[Column, ...]
+    label_column: Column
+    label_names: tuple[str, ...] | None
+    metrics: tuple[str, ...]
+    main_metric: str
+    glue_dir: str | None = None
+    has_header: bool = True
+    expected_columns: int | None = None  # only checked for files without a header row
+    train_file: str = "train.tsv"
+    test_files: tuple[tuple[str, str], ...] = (("test", "dev.tsv"),)  # (split, file name)
+    hub_name: str | None = None
+    hub_text_columns: tuple[str, ...] = ()
+    hub_test_splits: tuple[tuple[str, str], ...] = (("test", "validation"),)  # (split, hub split)
+    hub_label_names: tuple[str, ...] | None = None  # our label name for each hub class id, in hub order
+
+    @property
+    def is_regression(self) -> bool:
+        return self.label_names is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.label_names is None else len(self.label_names)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+    @property
+    def test_splits(self) -> tuple[str, ...]:
+        return tuple(split for split, _ in self.test_files)
+
+
+BINARY = ("0", "1")
+ENTAILMENT = ("entailment", "not_entailment")
+ACCURACY = ("accuracy",)
+ACCURACY_F1 = ("accuracy", "f1")
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            name="cola", glue_dir="CoLA", has_header=False, expected_columns=4,
+            text_columns=(3,), label_column=1, label_names=BINARY,
+            metrics=("matthews",), main_metric="matthews",
+            hub_name="cola", hub_text_columns=("sentence",), hub_label_names=BINARY,
+        ),
+        TaskSpec(
+            name="sst2", glue_dir="SST-2",
+            text_columns=("sentence",), label_column="label", label_names=BINARY,
+            metrics=ACCURACY, main_metric="accuracy",
+            hub_name="sst2", hub_text_columns=("sentence",), hub_label_names=BINARY,
+        ),
+        TaskSpec(
+            name="mrpc", glue_dir="MRPC",
+            text_columns=("#1 String", "#2 String"), label_column="Quality", label_names=BINARY,
+            metrics=ACCURACY_F1, main_metric="accuracy",
+            hub_name="mrpc", hub_text_columns=("sentence1", "sentence2"), hub_label_names=BINARY,
+        ),
+        TaskSpec(
+            name="qqp", glue_dir="QQP",
+            text_columns=("question1", "question2"), label_column="is_duplicate", label_names=BINARY,
+            metrics=ACCURACY_F1, main_metric="accuracy",
+            hub_name="qqp", hub_text_columns=("question1", "question2"), hub_label_names=BINARY,
+        ),
+        TaskSpec(
+            name="stsb", glue_dir="STS-B",
+            text_columns=("sentence1", "sentence2"), label_column="score", label_names=None,
+            metrics=("pearson", "spearman"), main_metric="pearson",
+            hub_name="stsb", hub_text_columns=("sentence1", "sentence2"),
+        ),
+        TaskSpec(
+            name="mnli", glue_dir="MNLI",
+            text_columns=("sentence1", "sentence2"), label_column="gold_label",
+            label_names=("contradiction", "entailment", "neutral"),
+            metrics=ACCURACY, main_metric="accuracy",
+            test_files=(("test", "dev_matched.tsv"), ("test_mismatched", "dev_mismatched.tsv")),
+            hub_name="mnli", hub_text_columns=("premise", "hypothesis"),
+            hub_test_splits=(("test", "validation_matched"), ("test_mismatched", "validation_mismatched")),
+            hub_label_names=("entailment", "neutral", "contradiction"),
+        ),
+        TaskSpec(
+            name="qnli", glue_dir="QNLI",
+            text_columns=("question", "sentence"), label_column="label", label_names=ENTAILMENT,
+            metrics=ACCURACY, main_metric="accuracy",
+            hub_name="qnli", hub_text_columns=("question", "sentence"), hub_label_names=ENTAILMENT,
+        ),
+        TaskSpec(
+            name="rte", glue_dir="RTE",
+            text_columns=("sentence1", "sentence2"), label_column="label", label_names=ENTAILMENT,
+            metrics=ACCURACY, main_metric="accuracy",
+            hub_name="rte", hub_text_columns=("sentence1", "sentence2"), hub_label_names=ENTAILMENT,
+        ),
+        TaskSpec(
+            name="wnli", glue_dir="WNLI",
+            text_columns=("sentence1", "sentence2"), label_column="label", label_names=BINARY,
+            metrics=ACCURACY, main_metric="accuracy",
+            # the hub calls its classes (not_entailment, entailment); the files write 0 and 1
+            hub_name="wnli", hub_text_columns=("sentence1", "sentence2"), hub_label_names=BINARY,
+        ),
+    )
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The GLUE task called `name`, case-insensitive; "sst-2" and "sts-b" are accepted too."""
+    key = name.strip().lower().replace("-", "")
+    if key not in TASKS:
+        raise ZoftError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}, custom")
+    return TASKS[key]
+
+
+def custom_task(label_names: list[str], text_columns: list[str], label_column: str) -> TaskSpec:
+    """A classification task over the user's own files."""
+    metrics = ACCURACY_F1 if len(label_names) == 2 else ACCURACY
+    return TaskSpec(
+        name="custom", text_columns=tuple(text_columns), label_column=label_column,
+        label_names=tuple(label_names), metrics=metrics, main_metric="accuracy",
+    )

@@ -1,0 +1,68 @@
+"""Score a model on evaluation splits: predictions, the task's metrics, and whether it collapsed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoft.data.batches import EncodedSplit, eval_batches
+from zoft.data.tasks import TaskSpec
+from zoft.metrics import compute_metrics
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+@dataclass
+class SplitResult:
+    metrics: dict[str, float]
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.logits.squeeze(-1) if self.logits.shape[-1] == 1 else self.logits.argmax(-1)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready row per example, in the split's order."""
+        return [
+            {"index": i, "label": label, "prediction": prediction, "logits": logits}
+            for i, (label, prediction, logits) in enumerate(
+                zip(self.labels.tolist(), self.predictions.tolist(), self.logits.tolist(), strict=True)
+            )
+        ]
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, batches, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    logits, labels = [], []
+    for batch in batches:
+        labels.append(batch.pop("labels"))
+        logits.append(model(**to_device(batch, device)).logits.float().cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def majority_share(predictions: torch.Tensor) -> float:
+    """Share of the most frequent predicted class: 1.0 means the model predicts one class for everything."""
+    return float(torch.bincount(predictions).max()) / len(predictions)
+
+
+def evaluate_split(model: nn.Module, encoded: EncodedSplit, tokenizer: Any, task: TaskSpec, batch_size: int,
+                   device: torch.device) -> SplitResult:
+    # Batches of similar length waste little on padding; the results are put back in the split's order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded.features[i]["input_ids"]))
+    by_length = EncodedSplit([encoded.features[i] for i in order])
+    logits, labels = predict_logits(model, eval_batches(by_length, tokenizer, batch_size), device)
+    restore = torch.empty(len(order), dtype=torch.long)
+    restore[torch.tensor(order)] = torch.arange(len(order))
+    logits, labels = logits[restore], labels[restore]
+    result = SplitResult(metrics={}, logits=logits, labels=labels)
+    result.metrics = compute_metrics(task, result.predictions.tolist(), labels.tolist())
+    if not task.is_regression:
+        result.metrics["majority_share"] = majority_share(result.predictions)
+    return result

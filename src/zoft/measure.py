@@ -1,0 +1,131 @@
+"""Measurements of a run: forward passes, time, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+
+
+class ForwardCounter:
+    """Counts calls of a module's forward while enabled (training steps), not during evaluation."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.count = 0
+        self.enabled = True
+        self._handle = model.register_forward_pre_hook(self._on_forward)
+
+    def _on_forward(self, module: nn.Module, args: Any) -> None:
+        if self.enabled:
+            self.count += 1
+
+    @contextmanager
+    def paused(self):
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = True
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class PeakRSS:
+    """Samples the resident memory of this process in a background thread while running.
+
+    The kernel's own high-water mark (ru_maxrss) cannot be reset, so it covers model loading and
+    tokenisation too; sampling gives the peak of the training phase alone.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakRSS:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def process_peak_rss() -> int:
+    """Peak resident memory of the whole process so far, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+@dataclass
+class MemoryReport:
+    device: str
+    train_peak_rss_bytes: int
+    process_peak_rss_bytes: int
+    cuda_max_allocated_bytes: int | None = None
+    cuda_max_reserved_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if value is not None}
+
+
+@contextmanager
+def measure_memory(device: torch.device):
+    """Peak memory of the enclosed phase; the report is filled when the block exits."""
+    report = MemoryReport(device=str(device), train_peak_rss_bytes=0, process_peak_rss_bytes=0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    rss = PeakRSS()
+    try:
+        with rss:
+            yield report
+    finally:
+        report.train_peak_rss_bytes = rss.peak
+        report.process_peak_rss_bytes = process_peak_rss()
+        if device.type == "cuda":
+            report.cuda_max_allocated_bytes = torch.cuda.max_memory_allocated(device)
+            report.cuda_max_reserved_bytes = torch.cuda.max_memory_reserved(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Stopwatch:
+    """Accumulates seconds over several timed sections."""
+
+    seconds: float = 0.0
+
+    @contextmanager
+    def timing(self, device: torch.device):
+        synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(device)
+            self.seconds += time.perf_counter() - start

