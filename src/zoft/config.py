@@ -10,7 +10,9 @@ actually used.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,7 +63,10 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    method: Method = _help("lora / full: backprop with AdamW; mezo: zeroth-order SGD", default="lora")
+    method: Method = _help(
+        "lora / full: backprop with AdamW; mezo: zeroth-order SGD (mezo-lora, mezo-full: mezo with those params)",
+        default="lora",
+    )
     params: str | None = _help("mezo: what it trains: 'lora', 'all' or a regex over parameter names",
                                default=None)
     lr: float | None = _help("peak learning rate (default depends on the method)", default=None)
@@ -80,6 +85,10 @@ class MethodConfig:
 class TrainConfig:
     steps: int | None = _help("optimiser steps (default: from epochs, else the method's default)", default=None)
     epochs: float | None = _help("passes over the training split, if steps is not given", default=None)
+    max_minutes: float | None = _help(
+        "stop once training (not evaluation) has taken this many minutes; the schedule still spans steps",
+        default=None,
+    )
     batch_size: int = _help("examples per micro-batch", default=16)
     eval_batch_size: int = _help("examples per evaluation batch", default=64)
     eval_every: int = _help("evaluate validation and test every this many steps (and at the end)", default=100)
@@ -89,6 +98,9 @@ class TrainConfig:
     seed: int = _help("seed of the run: hold-out, data order, initialisation, dropout, perturbations",
                       default=42)
     device: str = _help("auto, cpu, cuda, cuda:N, mps", default="auto")
+    divergence_factor: float = _help(
+        "stop as diverged when the mean loss of the last 10 steps exceeds this multiple of the first 10", default=5.0
+    )
     select_metric: str | None = _help("validation metric that chooses the best checkpoint (default: the task's)",
                                       default=None)
 
@@ -165,11 +177,19 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if isinstance(value, str) and "e" in value.lower():
+                number = float(value)
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return int(value)
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if tp is str:
             if not isinstance(value, (str, int, float)):
                 raise ValueError
@@ -184,8 +204,22 @@ def _unknown_key(key: str) -> ZoftError:
     return ZoftError(f"unknown config key '{key}'; known keys: {known}")
 
 
+# Method names that also choose what MeZO trains, as compare and sweep name methods.
+METHOD_ALIASES = {"mezo-lora": ("mezo", "lora"), "mezo-full": ("mezo", "all"), "mezo-all": ("mezo", "all")}
+
+
+def expand_method_alias(overrides: dict[str, Any]) -> dict[str, Any]:
+    """method=mezo-lora means method=mezo params=lora (an explicit params still wins)."""
+    for key in ("method", "method.method"):
+        if overrides.get(key) in METHOD_ALIASES:
+            method, params = METHOD_ALIASES[overrides[key]]
+            return {**overrides, key: method, "params": overrides.get("params", params)}
+    return overrides
+
+
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return a copy of `config` with `overrides` ({key or section.key: value}) applied and type-checked."""
+    overrides = expand_method_alias(overrides)
     config = dataclasses.replace(
         config, **{name: dataclasses.replace(getattr(config, name)) for name in SECTIONS}
     )
@@ -208,7 +242,8 @@ def flatten_yaml(document: Any, source: str) -> dict[str, Any]:
         raise ZoftError(f"{source}: expected a mapping of config keys, got {type(document).__name__}")
     flat: dict[str, Any] = {}
     for key, value in document.items():
-        if key in SECTIONS:
+        if key in SECTIONS and not (key in config_keys() and not isinstance(value, dict)):
+            # 'model' and 'method' are both a section and a key: a mapping is the section, a value the key
             if not isinstance(value, dict):
                 raise ZoftError(f"{source}: section '{key}' must be a mapping")
             flat.update({f"{key}.{leaf}": v for leaf, v in value.items()})
@@ -271,12 +306,14 @@ def _check_ranges(config: RunConfig) -> None:
     positive = {
         "lr": m.lr, "eps": m.eps, "n_perturbations": m.n_perturbations, "grad_accumulation": m.grad_accumulation,
         "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "eval_every": t.eval_every,
-        "log_every": t.log_every, "max_length": d.max_length, "lora_r": mo.lora_r, "lora_alpha": mo.lora_alpha,
+        "log_every": t.log_every, "divergence_factor": t.divergence_factor, "max_length": d.max_length,
+        "lora_r": mo.lora_r, "lora_alpha": mo.lora_alpha,
     }
     for key, value in positive.items():
         if value is None or value <= 0:
             raise ZoftError(f"config key '{key}': must be > 0, got {value}")
-    optional_positive = {"steps": t.steps, "epochs": t.epochs, "train_limit": d.train_limit, "k_shot": d.k_shot}
+    optional_positive = {"steps": t.steps, "epochs": t.epochs, "train_limit": d.train_limit, "k_shot": d.k_shot,
+                         "max_minutes": t.max_minutes}
     for key, value in optional_positive.items():
         if value is not None and value <= 0:
             raise ZoftError(f"config key '{key}': must be > 0, got {value}")
@@ -291,6 +328,11 @@ def _check_ranges(config: RunConfig) -> None:
         raise ZoftError(f"config key 'warmup_ratio': must be in [0, 1), got {m.warmup_ratio}")
     if not 0 <= m.momentum < 1:
         raise ZoftError(f"config key 'momentum': must be in [0, 1), got {m.momentum}")
+    if m.params not in (None, "lora", "all"):
+        try:
+            re.compile(m.params)
+        except re.error as error:
+            raise ZoftError(f"config key 'params': '{m.params}' is not a valid regular expression ({error})") from None
     if d.text_columns is not None and not 1 <= len(d.text_columns) <= 2:
         raise ZoftError(f"config key 'text_columns': expected one or two columns, got {d.text_columns}")
 

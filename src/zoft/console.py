@@ -25,10 +25,10 @@ def format_baseline(baseline: dict[str, Any]) -> str:
 class Console:
     """Progress output of one run. Plain lines go out every `plain_every` steps when not on a terminal."""
 
-    def __init__(self, stream: TextIO = sys.stderr, progress: bool | None = None, plain_every: int = 50,
+    def __init__(self, stream: TextIO | None = None, progress: bool | None = None, plain_every: int = 50,
                  quiet: bool = False) -> None:
-        self.stream = stream
-        self.progress = stream.isatty() if progress is None else progress
+        self.stream = sys.stderr if stream is None else stream  # the stderr of now, not of import time
+        self.progress = self.stream.isatty() if progress is None else progress
         self.plain_every = plain_every
         self.quiet = quiet
         self.bar: tqdm | None = None

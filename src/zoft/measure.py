@@ -48,6 +48,7 @@ class PeakRSS:
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
+        self.start = 0
         self.peak = 0
         self._process = psutil.Process()
         self._stop = threading.Event()
@@ -62,6 +63,7 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         self._sample()
+        self.start = self.peak
         self._thread.start()
         return self
 
@@ -82,6 +84,7 @@ class MemoryReport:
     device: str
     train_peak_rss_bytes: int
     process_peak_rss_bytes: int
+    rss_at_train_start_bytes: int = 0
     cuda_max_allocated_bytes: int | None = None
     cuda_max_reserved_bytes: int | None = None
 
@@ -102,6 +105,7 @@ def measure_memory(device: torch.device):
             yield report
     finally:
         report.train_peak_rss_bytes = rss.peak
+        report.rss_at_train_start_bytes = rss.start
         report.process_peak_rss_bytes = process_peak_rss()
         if device.type == "cuda":
             report.cuda_max_allocated_bytes = torch.cuda.max_memory_allocated(device)

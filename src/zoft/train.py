@@ -6,8 +6,14 @@ Methods differ only in their `step`; everything measured here is measured the sa
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,8 @@ from zoft.metrics import majority_baseline
 from zoft.models import count_parameters, load_model, prepare_trainable
 from zoft.runs import RunFolder, environment
 
+LOSS_WINDOW = 10
+
 
 @dataclass
 class LoopState:
@@ -41,10 +49,49 @@ class LoopState:
     last_eval: dict[str, Any] = field(default_factory=dict)
     best_eval: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    first_losses: list[float] = field(default_factory=list)
+    recent_losses: list[float] = field(default_factory=list)
+
+    def track_loss(self, loss: float, window: int = LOSS_WINDOW) -> None:
+        if len(self.first_losses) < window:
+            self.first_losses.append(loss)
+        self.recent_losses = [*self.recent_losses[-(window - 1):], loss]
+
+    def loss_exploded(self, factor: float) -> bool:
+        """The mean loss of the last steps is `factor` times that of the first steps (and the windows differ)."""
+        if self.step < 2 * LOSS_WINDOW:
+            return False
+        start = sum(self.first_losses) / len(self.first_losses)
+        return sum(self.recent_losses) / len(self.recent_losses) > factor * start
 
 
 class Interrupted(Exception):
     """Training stopped by the user; the run folder holds a checkpoint to resume from."""
+
+
+@contextmanager
+def stop_requests() -> Iterator[threading.Event]:
+    """Ctrl-C asks the loop to stop after the current step, so the checkpoint it saves is consistent.
+
+    A step cut in half (parameters perturbed, an optimiser update half applied) must never be saved;
+    a second Ctrl-C stops at once, and the last periodic checkpoint stays the one to resume from.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nzoft: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def pick_device(name: str) -> torch.device:
@@ -94,6 +141,7 @@ class Trainer:
         self.eval_splits = [name for name in self.encoded if name != "train"]
         self.baseline = majority_baseline(self.task, self.data.splits["test"].labels)
         self.state = LoopState()
+        self.stopped_by = "steps"
 
     def describe(self) -> list[str]:
         trainable, total = count_parameters(self.model)
@@ -145,7 +193,8 @@ class Trainer:
                 for split in self.eval_splits
             }
         self.state.eval_seconds += stopwatch.seconds
-        record = {"kind": "eval", "step": self.state.step, "eval_seconds": stopwatch.seconds}
+        record = {"kind": "eval", "step": self.state.step, "forward_passes": self.state.forward_passes,
+                  "train_seconds": self.state.train_seconds, "eval_seconds": stopwatch.seconds}
         for split, result in results.items():
             record.update({f"{split}/{metric}": value for metric, value in result.metrics.items()})
         self._note_collapse(record)
@@ -191,24 +240,33 @@ class Trainer:
             "train_seconds": self.state.train_seconds,
         }
 
-    def loop(self) -> str:
-        """Run the remaining steps; returns how the run ended: completed or diverged."""
+    def loop(self, stop: threading.Event) -> str:
+        """Run the remaining steps; returns how the run ended: completed, diverged or interrupted."""
         cfg = self.config.train
         if self.state.step == 0:
             self.log(self.evaluate())
         while self.state.step < self.total_steps:
+            if stop.is_set():
+                return "interrupted"
             record = self.train_step()
-            if not math.isfinite(record["loss"]):
+            self.state.track_loss(record["loss"])
+            if not math.isfinite(record["loss"]) or self.state.loss_exploded(cfg.divergence_factor):
                 self.log(record)
-                self.warn(f"step {self.state.step}: the loss is {record['loss']}; training stopped (diverged)")
+                self.warn(f"step {self.state.step}: the loss is {record['loss']:.4g}, diverged from "
+                          f"{self.state.first_losses[0]:.4g} at the start; training stopped")
                 return "diverged"
             if self.state.step % cfg.log_every == 0:
                 self.log(record)
             self.console.step(record)
-            if self.state.step % cfg.eval_every == 0 or self.state.step == self.total_steps:
+            out_of_time = cfg.max_minutes is not None and self.state.train_seconds >= 60 * cfg.max_minutes
+            if self.state.step % cfg.eval_every == 0 or self.state.step == self.total_steps or out_of_time:
                 self.log(self.evaluate())
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
+            if out_of_time:
+                self.console.print(f"step {self.state.step}: the time budget of {cfg.max_minutes:g} minutes is spent")
+                self.stopped_by = "time budget"
+                break
         return "completed"
 
     def log(self, record: dict[str, Any]) -> None:
@@ -225,12 +283,12 @@ class Trainer:
             "status": status,
             "task": self.task.name, "model": self.config.model.model, "method": self.config.method.method,
             "params": self.config.method.params,
-            "steps": steps, "planned_steps": self.total_steps,
+            "steps": steps, "planned_steps": self.total_steps, "stopped_by": self.stopped_by,
             "select_metric": self.select_key,
             "best": {"step": self.state.best_step, **_split_metrics(self.state.best_eval)},
             "final": {"step": self.state.last_eval.get("step"), **_split_metrics(self.state.last_eval)},
             "majority_baseline": {"split": "test", **self.baseline},
-            "beats_majority": None if best_test is None or main not in self.baseline
+            "beats_majority": None if best_test is None or math.isnan(self.baseline.get(main, math.nan))
             else best_test > self.baseline[main],
             "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
             "passes": {"forward": self.state.forward_passes, "backward": self.state.backward_passes},
@@ -253,7 +311,7 @@ def _split_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
-          console: Console | None = None) -> dict[str, Any]:
+          console: Console | None = None, command: list[str] | None = None) -> dict[str, Any]:
     """Train according to `config` into the run folder `out`; returns the summary it wrote."""
     run = RunFolder(out)
     run.check(overwrite=overwrite, resume=resume)
@@ -264,16 +322,18 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
     else:
         run.begin(config, overwrite=overwrite)
     console.start(trainer.describe(), total=trainer.total_steps, done=trainer.state.step)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter() - trainer.state.train_seconds - trainer.state.eval_seconds
     status = "crashed"
     try:
-        with measure_memory(trainer.device) as memory:
-            status = trainer.loop()
-    except KeyboardInterrupt:
-        status = "interrupted"
+        with measure_memory(trainer.device) as memory, stop_requests() as stop:
+            status = trainer.loop(stop)
     finally:
-        trainer.save_checkpoint()
+        if status != "crashed":
+            trainer.save_checkpoint()
         summary = trainer.summary(status, memory.to_dict(), time.perf_counter() - started)
+        summary["command"] = command
+        summary["started_at"] = started_at
         run.write_summary(summary)
         console.close(summary, run.path)
     if status == "interrupted":

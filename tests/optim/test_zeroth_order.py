@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,16 +13,6 @@ from torch import Tensor, nn
 from zoft.optim import NonFiniteLossError, ZerothOrderSGD, ZOStepStats, decay_param_groups
 
 FLOAT32_ULP = torch.finfo(torch.float32).eps
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    # These tensors are tiny: with a second busy process on the 2 cores, intra-op threads make the
-    # training run ~100x slower (20 s instead of 0.2 s), and one thread loses nothing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def replay_z(params: list[Tensor], seed: int) -> list[Tensor]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from zoft.config import MethodConfig
 from zoft.methods import OptimizerState, batch_weights, build_scheduler, current_lr, trainable_named_parameters
-from zoft.optim import ZerothOrderSGD, decay_param_groups
+from zoft.optim import NonFiniteLossError, ZerothOrderSGD, decay_param_groups
 
 
 class ZerothOrder(OptimizerState):
@@ -28,7 +30,12 @@ class ZerothOrder(OptimizerState):
             return sum(self.model(**batch).loss * w for batch, w in zip(micro_batches, weights, strict=True))
 
         lr = current_lr(self.optimizer)
-        stats = self.optimizer.step(loss)
+        try:
+            stats = self.optimizer.step(loss)
+        except NonFiniteLossError as error:
+            # The optimiser restored the parameters; the loop sees the non-finite loss and stops the run.
+            return {"loss": math.nan, "loss_plus": error.loss_plus, "loss_minus": error.loss_minus, "lr": lr,
+                    "backward_passes": 0}
         self.scheduler.step()
         return {
             "loss": (stats.loss_plus + stats.loss_minus) / 2, "loss_plus": stats.loss_plus,

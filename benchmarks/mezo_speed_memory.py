@@ -1,0 +1,155 @@
+"""MeZO's cost next to inference and backprop, measured side by side in one run on one model and batch.
+
+    .venv/bin/python benchmarks/mezo_speed_memory.py [--model minilm] [--batch-size 16] [--repeats 20]
+
+Prints, with the targets of the MeZO issue:
+  - MeZO step time ÷ (2 × inference forward time), for params lora and params all   (target ≤ 1.10)
+  - MeZO peak memory ÷ inference peak memory, same batch                            (target ≤ 1.10)
+  - MeZO step time ÷ LoRA backprop step time (for the record)
+  - MeZO(LoRA) step time with z cached between the passes ÷ without (the cache_z choice)
+
+Times are medians over interleaved repetitions in one process (the machine's noise hits every variant
+alike). Peak memory is measured for each variant in a fresh process: the GPU allocator's peak on CUDA,
+else the peak resident memory sampled during the measured steps (model loading excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from zoft.config import DataConfig, MethodConfig, ModelConfig
+from zoft.data.batches import BatchStream, encode
+from zoft.data.splits import load_task_data
+from zoft.evaluate import to_device
+from zoft.measure import measure_memory, synchronize
+from zoft.methods import build_method
+from zoft.models import load_model, prepare_trainable
+from zoft.train import pick_device
+
+VARIANTS = ("inference-lora", "mezo-lora", "inference-all", "mezo-all", "backprop-lora")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def setup(variant: str, args: argparse.Namespace, device: torch.device):
+    """Model and a one-step function for a variant, plus the fixed batch it runs on."""
+    torch.manual_seed(0)
+    kind, params = variant.split("-")
+    model, tokenizer = load_model(ModelConfig(model=args.model), num_labels=2)
+    method = "lora" if kind == "backprop" else "mezo"
+    model = prepare_trainable(model, ModelConfig(), method, params if method == "mezo" else None).to(device)
+    data = load_task_data(DataConfig(task="mrpc", data_dir=args.data_dir), seed=0)
+    batch = to_device(next(BatchStream(encode(data.splits["train"], tokenizer, 128), tokenizer, args.batch_size, 0)),
+                      device)
+    if kind == "inference":
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode():
+                model(**inputs)
+
+        return infer, model
+    config = MethodConfig(method=method, params=params if method == "mezo" else None, lr=1e-6 if method == "mezo"
+                          else 1e-4, weight_decay=0.0, schedule="constant", warmup_ratio=0.0)
+    trainer = build_method(model, config, total_steps=10**6, seed=0)
+    return (lambda: trainer.step([batch])), trainer
+
+
+def seconds_of_one_call(step: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure_times(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    steps = {variant: setup(variant, args, device)[0] for variant in VARIANTS}
+    cached_step, cached = setup("mezo-lora", args, device)
+    cached.optimizer.cache_z = True
+    steps["mezo-lora-cached"] = cached_step
+    for step in steps.values():  # warm-up: allocator, kernels, first-call overheads
+        step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            samples[name].append(seconds_of_one_call(step, device))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure_peak_memory(variant: str, args: argparse.Namespace, device: torch.device) -> int:
+    step, _ = setup(variant, args, device)
+    step()
+    with measure_memory(device) as report:
+        for _ in range(args.repeats):
+            step()
+    return report.cuda_max_allocated_bytes if device.type == "cuda" else report.train_peak_rss_bytes
+
+
+def peak_memory_in_fresh_process(variant: str, args: argparse.Namespace) -> int:
+    command = [sys.executable, __file__, "--memory-of", variant, "--model", args.model, "--batch-size",
+               str(args.batch_size), "--repeats", str(args.repeats), "--data-dir", args.data_dir,
+               "--device", args.device]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return int(json.loads(output.strip().splitlines()[-1])["peak_bytes"])
+
+
+def report(times: dict[str, float], memory: dict[str, int], device: torch.device, args: argparse.Namespace) -> dict:
+    ratios = {
+        "mezo_lora_step / 2 inference": times["mezo-lora"] / (2 * times["inference-lora"]),
+        "mezo_all_step / 2 inference": times["mezo-all"] / (2 * times["inference-all"]),
+        "mezo_lora_peak / inference_peak": memory["mezo-lora"] / memory["inference-lora"],
+        "mezo_all_peak / inference_peak": memory["mezo-all"] / memory["inference-all"],
+        "mezo_lora_step / lora_backprop_step": times["mezo-lora"] / times["backprop-lora"],
+        "mezo_lora_step cached z / regenerated z": times["mezo-lora-cached"] / times["mezo-lora"],
+    }
+    memory_kind = "GPU allocator peak" if device.type == "cuda" else "training-phase peak RSS"
+    print(f"model {args.model}, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}, "
+          f"median of {args.repeats} interleaved repetitions")
+    print(f"{'variant':<22}{'seconds':>10}{'peak MB':>12}   ({memory_kind})")
+    for name, seconds in times.items():
+        peak = memory.get(name)
+        print(f"{name:<22}{seconds:>10.4f}{peak / 2**20 if peak else float('nan'):>12.1f}")
+    print()
+    for name, value in ratios.items():
+        target = "  (target ≤ 1.10)" if name.startswith(("mezo_lora_step / 2", "mezo_all_step / 2", "mezo_lora_peak",
+                                                          "mezo_all_peak")) else ""
+        print(f"{name:<42}{value:>8.3f}{target}")
+    return {"device": str(device), "times_seconds": times, "peak_bytes": memory, "ratios": ratios}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", str(REPO.parent / "shared/glue_data")))
+    parser.add_argument("--json", help="also write the measurements to this file")
+    parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    device = pick_device(args.device)
+    if args.memory_of:
+        print(json.dumps({"peak_bytes": measure_peak_memory(args.memory_of, args, device)}))
+        return
+    memory = {variant: peak_memory_in_fresh_process(variant, args) for variant in VARIANTS}
+    results = report(measure_times(args, device), memory, device, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""zoft compare: several methods on the same task, model, splits, seed, evaluation and measurement.
+
+The methods run one after another (never two at once: timings would interfere), each into its own run
+folder under the output folder, and the report is written from those folders. A compare that was
+stopped continues where it stopped when run again: finished runs are kept, a stopped one is resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zoft.config import METHOD_ALIASES, RunConfig, build_config, load_yaml
+from zoft.errors import ZoftError
+from zoft.runs import RunFolder
+
+METHODS: dict[str, dict[str, str]] = {
+    "lora": {"method": "lora"},
+    "full": {"method": "full"},
+    **{name: {"method": method, "params": params} for name, (method, params) in METHOD_ALIASES.items()
+       if name != "mezo-all"},
+}
+DEFAULT_METHODS = ("lora", "mezo-lora")
+PRESETS = Path(__file__).parent / "presets"
+
+
+def method_keys(name: str) -> dict[str, str]:
+    if name not in METHODS:
+        raise ZoftError(f"unknown method '{name}' for compare; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_name(config: RunConfig) -> str:
+    """The compare name of a config's method (e.g. mezo-lora), or 'mezo-<params>' for a custom subset."""
+    keys = {"method": config.method.method, **({"params": config.method.params} if config.method.params else {})}
+    return next((name for name, known in METHODS.items() if known == keys), f"mezo-{config.method.params}")
+
+
+def packaged_preset(task: str, model: str, method: str) -> Path | None:
+    """The settings a sweep chose on the validation split for this task, model and method, if any."""
+    path = PRESETS / f"{task}-{model.replace('/', '--')}-{method}.yaml"
+    return path if path.is_file() else None
+
+
+def preset_method(path: Path) -> str:
+    """The method a preset file is for, read from its method (and params) keys."""
+    return method_name(build_config(path))
+
+
+def forwards_per_step(config: RunConfig) -> int:
+    m = config.method
+    return m.grad_accumulation * (2 * m.n_perturbations if m.method == "mezo" else 1)
+
+
+def plan(methods: list[str], overrides: dict[str, Any], presets: list[Path],
+         budget_forwards: int | None = None) -> dict[str, RunConfig]:
+    """The config of each method: defaults, then its preset, then the user's overrides, then the method."""
+    by_method = {preset_method(path): path for path in presets}
+    unused = set(by_method) - set(methods)
+    if unused:
+        raise ZoftError(f"--preset given for {', '.join(sorted(unused))}, which is not among the methods compared")
+    configs = {}
+    for name in methods:
+        keys = method_keys(name)
+        probe = build_config(overrides={**overrides, **keys})
+        preset = by_method.get(name) or packaged_preset(probe.data.task, probe.model.model, name)
+        preset_keys = load_yaml(preset) if preset else {}
+        config = build_config(overrides={**preset_keys, **overrides, **keys})
+        if budget_forwards is not None:
+            config = build_config(overrides={**preset_keys, **overrides, **keys,
+                                             "steps": max(1, budget_forwards // forwards_per_step(config))})
+        configs[name] = config
+    return configs
+
+
+def run_all(configs: dict[str, RunConfig], out: Path, train: Callable[..., dict[str, Any]],
+            overwrite: bool = False) -> list[Path]:
+    """Train each config into out/<method>, one after another; keep finished runs of the same config."""
+    folders = []
+    for name, config in configs.items():
+        folder = RunFolder(out / name)
+        folders.append(folder.path)
+        state = _existing_state(folder, config, overwrite)
+        if state == "finished":
+            print(f"compare: {folder.path} already holds this run; keeping it", flush=True)
+            continue
+        print(f"compare: {name} → {folder.path}", flush=True)
+        train(config, folder.path, overwrite=overwrite or state == "stale", resume=state == "stopped")
+    return folders
+
+
+def _existing_state(folder: RunFolder, config: RunConfig, overwrite: bool) -> str:
+    """new, finished (same config, summary written), stopped (same config, resumable) or stale (replace)."""
+    if overwrite or not folder.holds_run():
+        return "stale" if folder.holds_run() else "new"
+    if folder.read_config() != config:
+        raise ZoftError(f"{folder.path} holds a run with another config; pass --overwrite to replace it")
+    summary = folder.path / "summary.json"
+    if summary.is_file() and folder.read_summary()["status"] in ("completed", "diverged"):
+        return "finished"
+    if (folder.path / "checkpoint").is_dir():
+        return "stopped"
+    return "stale"
+

@@ -1,0 +1,171 @@
+"""zoft sweep: a grid of configs, each scored on the validation split (never on test).
+
+Every grid point trains into its own run folder; the sweep writes a sorted table (Markdown and CSV), a
+heat map when the grid has two keys, and best.yaml, the winning settings, which `zoft compare --preset`
+takes. A diverged run is recorded as such and the sweep goes on; a sweep run again continues where it
+stopped (finished points are kept, a stopped one is resumed).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zoft.compare import method_keys, method_name, packaged_preset
+from zoft.config import RunConfig, build_config, config_keys, load_yaml
+from zoft.errors import ZoftError
+from zoft.runs import RunFolder
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """['lr=1e-5,1e-4', 'eps=1e-3'] → {'lr': ['1e-5', '1e-4'], 'eps': ['1e-3']}."""
+    grid: dict[str, list[str]] = {}
+    known = config_keys()
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise ZoftError(f"--grid expects KEY=V1,V2,..., got '{item}'")
+        if key not in known:
+            raise ZoftError(f"--grid: unknown config key '{key}'")
+        if key in grid:
+            raise ZoftError(f"--grid: key '{key}' given twice")
+        grid[key] = [v.strip() for v in values.split(",") if v.strip()]
+    if not grid:
+        raise ZoftError("--grid needs at least one KEY=V1,V2,...")
+    return grid
+
+
+def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def point_name(point: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in point.items())
+
+
+@dataclass
+class SweepResult:
+    point: dict[str, str]
+    folder: Path
+    status: str
+    select_metric: str  # e.g. validation/accuracy
+    score: float | None  # its best value over the run's evaluations
+    best_step: int | None
+    steps: int
+
+    @property
+    def ranked(self) -> bool:
+        return self.status == "completed" and self.score is not None and not math.isnan(self.score)
+
+
+def plan(grid: dict[str, list[str]], overrides: dict[str, Any]) -> list[tuple[dict[str, str], RunConfig]]:
+    """The config of every grid point; each is checked before anything trains."""
+    base = build_config(overrides=overrides)
+    keys = method_keys(method_name(base))
+    preset = packaged_preset(base.data.task, base.model.model, method_name(base))
+    preset_keys = load_yaml(preset) if preset else {}
+    return [(point, build_config(overrides={**preset_keys, **overrides, **point, **keys}))
+            for point in grid_points(grid)]
+
+
+def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path,
+              train: Callable[..., dict[str, Any]]) -> list[SweepResult]:
+    results = []
+    for index, (point, config) in enumerate(points, 1):
+        folder = RunFolder(out / "runs" / point_name(point))
+        print(f"sweep: point {index}/{len(points)}: {point_name(point)}", flush=True)
+        if not _finished(folder, config):
+            resume = (folder.path / "checkpoint").is_dir() and folder.read_config() == config
+            train(config, folder.path, overwrite=folder.holds_run() and not resume, resume=resume)
+        results.append(_result(point, folder))
+    return sorted(results, key=lambda r: (not r.ranked, -(r.score or 0.0) if r.ranked else 0.0))
+
+
+def _finished(folder: RunFolder, config: RunConfig) -> bool:
+    if not (folder.path / "summary.json").is_file() or folder.read_config() != config:
+        return False
+    return folder.read_summary()["status"] in ("completed", "diverged")
+
+
+def _result(point: dict[str, str], folder: RunFolder) -> SweepResult:
+    summary = folder.read_summary()
+    best = summary["best"]
+    return SweepResult(point=point, folder=folder.path, status=summary["status"],
+                       select_metric=summary["select_metric"], score=best.get(summary["select_metric"]),
+                       best_step=best["step"], steps=summary["steps"])
+
+
+def write_table(results: list[SweepResult], out: Path) -> None:
+    keys, select_metric = list(results[0].point), results[0].select_metric
+    header = [*keys, select_metric, "best step", "steps", "status", "run"]
+    rows = [[*r.point.values(), _score(r), r.best_step, r.steps, r.status, str(r.folder.relative_to(out))]
+            for r in results]
+    with (out / "sweep.csv").open("w", newline="") as file:
+        csv.writer(file).writerows([header, *rows])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in rows]
+    note = (f"Scored by {select_metric} (the best evaluation of each run), the validation split carved from "
+            "the training data; the test split played no part in the ranking.")
+    (out / "sweep.md").write_text(f"# Sweep\n\n{note}\n\n" + "\n".join(lines) + "\n")
+
+
+def _score(result: SweepResult) -> str:
+    return f"{result.score:.4f}" if result.ranked else result.status
+
+
+def write_heat_map(results: list[SweepResult], grid: dict[str, list[str]], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    row_key, column_key = list(grid)
+    select_metric = results[0].select_metric
+    scores = np.full((len(grid[row_key]), len(grid[column_key])), np.nan)
+    labels = np.full(scores.shape, "", dtype=object)
+    for r in results:
+        i, j = grid[row_key].index(r.point[row_key]), grid[column_key].index(r.point[column_key])
+        scores[i, j] = r.score if r.ranked else np.nan
+        labels[i, j] = _score(r)
+    figure, axes = plt.subplots(figsize=(1.6 * len(grid[column_key]) + 2.5, 1.2 * len(grid[row_key]) + 1.8))
+    image = axes.imshow(scores, cmap="viridis", aspect="auto")
+    axes.set_xticks(range(len(grid[column_key])), grid[column_key])
+    axes.set_yticks(range(len(grid[row_key])), grid[row_key])
+    axes.set_xlabel(column_key)
+    axes.set_ylabel(row_key)
+    for (i, j), label in np.ndenumerate(labels):
+        axes.text(j, i, label, ha="center", va="center", bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0})
+    figure.colorbar(image, ax=axes, label=select_metric)
+    axes.set_title(f"{select_metric} (validation split)")
+    figure.tight_layout()
+    path = out / "heatmap.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_best(results: list[SweepResult], grid: dict[str, list[str]], out: Path) -> Path | None:
+    """best.yaml: the method's settings and the swept keys of the best point, for compare --preset."""
+    ranked = [r for r in results if r.ranked]
+    if not ranked:
+        return None
+    best = ranked[0]
+    config = RunFolder(best.folder).read_config().to_dict()
+    section_of = {key: section for key, (section, _) in config_keys().items()}
+    document = {"method": config["method"]}
+    for key in grid:
+        document.setdefault(section_of[key], {})[key] = config[section_of[key]][key]
+    header = (f"# Chosen by zoft sweep on {best.folder.parent.parent}: best validation score {best.score:.4f} "
+              f"at {point_name(best.point)}\n")
+    path = out / "best.yaml"
+    path.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    return path

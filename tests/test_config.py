@@ -1,0 +1,267 @@
+"""The config schema: method defaults, the three override spellings, YAML layouts, and refused values."""
+
+import pytest
+import yaml
+
+from zoft.config import (
+    METHOD_DEFAULTS,
+    MEZO_ALL_LR,
+    RunConfig,
+    apply_overrides,
+    build_config,
+    config_keys,
+    from_dict,
+    resolve,
+    to_yaml,
+)
+from zoft.errors import ZoftError
+
+
+@pytest.fixture(autouse=True)
+def no_glue_dir(monkeypatch):
+    """Results must not depend on the GLUE_DIR of whoever runs the tests."""
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+
+
+# -- defaults per method -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_backprop_defaults(method):
+    config = build_config(overrides={"method": method})
+    m = config.method
+    assert m.schedule == "linear"
+    assert m.lr == METHOD_DEFAULTS[method]["lr"]
+    assert m.warmup_ratio == METHOD_DEFAULTS[method]["warmup_ratio"] > 0
+    assert m.weight_decay == METHOD_DEFAULTS[method]["weight_decay"]
+    assert m.params is None
+    assert config.train.steps == METHOD_DEFAULTS[method]["steps"]
+
+
+def test_lora_and_full_learning_rates_differ():
+    assert build_config(overrides={"method": "lora"}).method.lr != build_config(overrides={"method": "full"}).method.lr
+
+
+def test_mezo_defaults():
+    config = build_config(overrides={"method": "mezo"})
+    m = config.method
+    assert m.schedule == "constant"
+    assert m.params == "lora"
+    assert m.lr == METHOD_DEFAULTS["mezo"]["lr"]
+    assert m.warmup_ratio == 0.0
+    assert config.train.steps == METHOD_DEFAULTS["mezo"]["steps"]
+
+
+def test_mezo_on_all_weights_gets_its_own_learning_rate():
+    all_weights = build_config(overrides={"method": "mezo", "params": "all"})
+    assert all_weights.method.lr == MEZO_ALL_LR
+    assert all_weights.method.lr != build_config(overrides={"method": "mezo"}).method.lr
+
+
+def test_explicit_values_beat_method_defaults():
+    config = build_config(overrides={"method": "mezo", "params": "all", "lr": "3e-7", "schedule": "linear"})
+    assert config.method.lr == 3e-7
+    assert config.method.schedule == "linear"
+
+
+def test_epochs_without_steps_leaves_steps_unset():
+    config = build_config(overrides={"epochs": "2"})
+    assert config.train.steps is None
+    assert config.train.epochs == 2.0
+
+
+def test_every_key_has_help_and_is_unique():
+    keys = config_keys()
+    assert {"lr", "method", "model", "task", "data_dir", "steps"} <= set(keys)
+    assert all(field.metadata.get("help") for _, field in keys.values())
+
+
+# -- override spellings and YAML layouts ---------------------------------------------------------------------
+
+OVERRIDES = {"lr": "1e-4", "batch_size": "4", "target_modules": "query,value", "method": "mezo", "model": "x"}
+
+
+def test_three_override_spellings_agree():
+    sections = config_keys()
+    plain = build_config(overrides=OVERRIDES)
+    dashed = build_config(overrides={key.replace("_", "-"): value for key, value in OVERRIDES.items()})
+    dotted = build_config(overrides={f"{sections[key][0]}.{key}": value for key, value in OVERRIDES.items()})
+    assert plain == dashed == dotted
+    assert plain.method.lr == 1e-4
+    assert plain.train.batch_size == 4
+    assert plain.model.target_modules == ["query", "value"]
+    assert plain.method.method == "mezo"
+    assert plain.model.model == "x"
+
+
+def test_the_three_spellings_through_the_command_line_agree():
+    from zoft.cli import build_parser, collect_overrides
+
+    parser = build_parser()
+    as_options = collect_overrides(parser.parse_args(["train", "--lr", "1e-4", "--batch-size", "4"]))
+    as_pairs = collect_overrides(parser.parse_args(["train", "lr=1e-4", "batch_size=4"]))
+    as_sections = collect_overrides(parser.parse_args(["train", "method.lr=1e-4", "train.batch_size=4"]))
+    configs = [build_config(overrides=o) for o in (as_options, as_pairs, as_sections)]
+    assert configs[0] == configs[1] == configs[2]
+    assert configs[0].method.lr == 1e-4 and configs[0].train.batch_size == 4
+
+
+def test_section_prefix_must_be_the_right_section():
+    with pytest.raises(ZoftError, match=r"unknown config key 'data\.lr'"):
+        build_config(overrides={"data.lr": "1e-4"})
+
+
+def test_yaml_nested_and_flat_agree(tmp_path):
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(yaml.safe_dump({
+        "data": {"task": "rte", "max_length": 64},
+        "model": {"model": "some/model", "lora_r": 4},
+        "method": {"method": "mezo", "eps": 0.01},
+        "train": {"steps": 20, "seed": 7},
+    }))
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump({"task": "rte", "max_length": 64, "model": "some/model", "lora_r": 4,
+                                    "method": "mezo", "eps": 0.01, "steps": 20, "seed": 7}))
+    from_nested, from_flat = build_config(nested), build_config(flat)
+    assert from_nested == from_flat
+    assert from_nested.data.task == "rte"
+    assert from_nested.model.model == "some/model"
+    assert from_nested.model.lora_r == 4
+    assert from_nested.method.method == "mezo"
+    assert from_nested.method.eps == 0.01
+    assert from_nested.train.steps == 20
+
+
+def test_overrides_beat_the_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1.0e-3\nseed: 3\n")
+    config = build_config(path, {"lr": "2e-3"})
+    assert config.method.lr == 2e-3
+    assert config.train.seed == 3
+
+
+def test_yaml_file_problems(tmp_path):
+    with pytest.raises(ZoftError, match="does not exist"):
+        build_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [\n")
+    with pytest.raises(ZoftError, match=r"bad\.yaml: not valid YAML"):
+        build_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n")
+    with pytest.raises(ZoftError, match="expected a mapping"):
+        build_config(listing)
+    section = tmp_path / "section.yaml"
+    section.write_text("train: 3\n")
+    with pytest.raises(ZoftError, match="section 'train' must be a mapping"):
+        build_config(section)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("train:\n  nosuch: 1\n")
+    with pytest.raises(ZoftError, match="nosuch"):
+        build_config(unknown)
+
+
+# -- refused keys and values -------------------------------------------------------------------------------
+
+
+def test_unknown_key_is_named_with_the_known_keys():
+    with pytest.raises(ZoftError) as error:
+        build_config(overrides={"learning_rate": "1e-4"})
+    message = str(error.value)
+    assert "'learning_rate'" in message
+    assert "known keys" in message
+    for key in ("lr", "batch_size", "data_dir", "eps"):
+        assert key in message
+
+
+def test_literal_value_lists_allowed_values():
+    with pytest.raises(ZoftError) as error:
+        build_config(overrides={"method": "sgd"})
+    message = str(error.value)
+    assert "'method'" in message and "'sgd'" in message
+    for allowed in ("lora", "full", "mezo"):
+        assert allowed in message
+    with pytest.raises(ZoftError, match="constant_with_warmup"):
+        build_config(overrides={"schedule": "step"})
+
+
+@pytest.mark.parametrize("value", ["1.5", "1.5e0", "ten", "true"])
+def test_int_key_refuses_non_integers(value):
+    with pytest.raises(ZoftError, match=r"config key 'batch_size'.*not an integer"):
+        build_config(overrides={"batch_size": value})
+
+
+def test_int_key_accepts_integer_spellings():
+    assert build_config(overrides={"steps": "2e3"}).train.steps == 2000
+    assert build_config(overrides={"steps": 7}).train.steps == 7
+    assert build_config(overrides={"steps": 7.0}).train.steps == 7
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "-inf"])
+def test_float_key_refuses_non_numbers(value):
+    with pytest.raises(ZoftError, match=r"config key 'lr'.*not a number"):
+        build_config(overrides={"lr": value})
+
+
+def test_null_clears_an_optional_key():
+    assert build_config(overrides={"lr": "null"}).method.lr == METHOD_DEFAULTS["lora"]["lr"]
+    assert build_config(overrides={"target_modules": "none"}).model.target_modules is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"lr": "-1e-4"}, "lr"),
+        ({"lr": "0"}, "lr"),
+        ({"eps": "0"}, "eps"),
+        ({"batch_size": "0"}, "batch_size"),
+        ({"steps": "-5"}, "steps"),
+        ({"weight_decay": "-0.1"}, "weight_decay"),
+        ({"validation_fraction": "1.5"}, "validation_fraction"),
+        ({"validation_fraction": "0"}, "validation_fraction"),
+        ({"warmup_ratio": "1"}, "warmup_ratio"),
+        ({"method": "mezo", "momentum": "1"}, "momentum"),
+        ({"text_columns": "a,b,c"}, "text_columns"),
+    ],
+)
+def test_out_of_range_values(overrides, key):
+    with pytest.raises(ZoftError, match=f"config key '{key}'"):
+        build_config(overrides=overrides)
+
+
+def test_params_needs_mezo():
+    with pytest.raises(ZoftError, match=r"'params'.*mezo"):
+        build_config(overrides={"method": "lora", "params": "all"})
+    with pytest.raises(ZoftError, match=r"'params'.*mezo"):
+        build_config(overrides={"method": "full", "params": "classifier"})
+
+
+# -- environment and round trip --------------------------------------------------------------------------
+
+
+def test_glue_dir_fills_data_dir_when_unset(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    assert build_config().data.data_dir == str(tmp_path)
+    assert build_config(overrides={"data_dir": "/elsewhere"}).data.data_dir == "/elsewhere"
+    assert build_config(overrides={"task": "custom"}).data.data_dir is None
+
+
+def test_data_dir_stays_unset_without_glue_dir():
+    assert build_config().data.data_dir is None
+
+
+def test_yaml_round_trip():
+    config = build_config(overrides={"method": "mezo", "params": "classifier", "lr": "3e-6",
+                                     "target_modules": "query,value", "text_columns": "a", "seed": "9"})
+    document = yaml.safe_load(to_yaml(config))
+    assert set(document) == {"data", "model", "method", "train"}
+    rebuilt = from_dict(document)
+    assert rebuilt == config
+    assert resolve(rebuilt) == config
+
+
+def test_apply_overrides_does_not_touch_its_input():
+    base = RunConfig()
+    changed = apply_overrides(base, {"lr": "1e-3", "steps": "5"})
+    assert changed.method.lr == 1e-3 and changed.train.steps == 5
+    assert base.method.lr is None and base.train.steps is None

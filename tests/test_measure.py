@@ -1,0 +1,116 @@
+"""Forward-pass counting, peak memory and timing."""
+
+import time
+
+import psutil
+import pytest
+import torch
+
+from zoft.measure import ForwardCounter, MemoryReport, PeakRSS, Stopwatch, measure_memory, process_peak_rss
+
+CPU = torch.device("cpu")
+MB = 1024 * 1024
+
+
+def test_forward_counter_counts_model_calls_not_submodule_calls():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    counter = ForwardCounter(model)
+    x = torch.zeros(3, 2)
+    for _ in range(3):
+        model(x)
+    assert counter.count == 3
+    model[0](x)  # a submodule alone is not a forward pass of the model
+    assert counter.count == 3
+
+
+def test_forward_counter_pauses():
+    model = torch.nn.Linear(2, 2)
+    counter = ForwardCounter(model)
+    model(torch.zeros(1, 2))
+    with counter.paused():
+        model(torch.zeros(1, 2))
+        model(torch.zeros(1, 2))
+    model(torch.zeros(1, 2))
+    assert counter.count == 2
+    assert counter.enabled
+
+
+def test_forward_counter_resumes_after_an_exception_while_paused():
+    model = torch.nn.Linear(2, 2)
+    counter = ForwardCounter(model)
+    with pytest.raises(ValueError), counter.paused():
+        raise ValueError
+    model(torch.zeros(1, 2))
+    assert counter.count == 1
+
+
+def test_forward_counter_remove():
+    model = torch.nn.Linear(2, 2)
+    counter = ForwardCounter(model)
+    model(torch.zeros(1, 2))
+    counter.remove()
+    model(torch.zeros(1, 2))
+    assert counter.count == 1
+
+
+def test_peak_rss_sees_a_large_allocation():
+    before = psutil.Process().memory_info().rss
+    with PeakRSS() as rss:
+        start = rss.peak
+        block = torch.ones(50 * MB)  # 200 MB of float32, every page touched
+        time.sleep(0.1)
+        del block
+    assert start >= before * 0.9  # the first sample is taken on entry
+    assert rss.peak - start >= 150 * MB
+
+
+def test_peak_rss_thread_stops():
+    rss = PeakRSS(interval=0.001)
+    with rss:
+        pass
+    assert not rss._thread.is_alive()
+    assert rss.peak > 0
+
+
+def test_measure_memory_fills_the_report():
+    with measure_memory(CPU) as report:
+        assert isinstance(report, MemoryReport)
+        assert report.train_peak_rss_bytes == 0
+        block = torch.ones(25 * MB)
+        del block
+    assert report.train_peak_rss_bytes > 100 * MB
+    assert report.process_peak_rss_bytes >= report.train_peak_rss_bytes * 0.9
+    assert report.device == "cpu"
+    data = report.to_dict()
+    assert "cuda_max_allocated_bytes" not in data and "cuda_max_reserved_bytes" not in data
+    assert data["train_peak_rss_bytes"] == report.train_peak_rss_bytes
+
+
+def test_measure_memory_fills_the_report_when_the_block_raises():
+    with pytest.raises(RuntimeError, match="boom"), measure_memory(CPU) as report:
+        raise RuntimeError("boom")
+    assert report.train_peak_rss_bytes > 0
+    assert report.process_peak_rss_bytes > 0
+
+
+def test_process_peak_rss_is_at_least_the_current_rss():
+    assert process_peak_rss() >= psutil.Process().memory_info().rss * 0.9
+
+
+def test_stopwatch_accumulates():
+    stopwatch = Stopwatch()
+    with stopwatch.timing(CPU):
+        time.sleep(0.02)
+    first = stopwatch.seconds
+    assert first >= 0.02
+    with stopwatch.timing(CPU):
+        time.sleep(0.02)
+    assert stopwatch.seconds >= first + 0.02
+
+
+def test_stopwatch_counts_a_section_that_raises():
+    stopwatch = Stopwatch()
+    with pytest.raises(KeyError), stopwatch.timing(CPU):
+        time.sleep(0.01)
+        raise KeyError
+    assert stopwatch.seconds >= 0.01

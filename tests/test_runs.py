@@ -1,0 +1,253 @@
+"""The run folder: refusal rules, overwriting only zoft's own entries, atomic writes, checkpoints."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from zoft.config import build_config
+from zoft.errors import ZoftError
+from zoft.runs import RUN_ENTRIES, RunFolder, environment, git_commit
+
+
+@pytest.fixture
+def config(monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    return build_config(overrides={"method": "mezo", "lr": "2e-5", "steps": "10"})
+
+
+def make_run(path, config) -> RunFolder:
+    """A folder holding a finished-looking run: every entry zoft writes, each with some content."""
+    run = RunFolder(path)
+    run.begin(config, overwrite=False)
+    run.append_metrics({"kind": "train", "step": 1, "loss": 0.5})
+    run.write_summary({"status": "completed"})
+    for entry in ("model", "predictions", "checkpoint"):
+        (path / entry).mkdir()
+        (path / entry / "file.bin").write_bytes(b"old")
+    return run
+
+
+class FakeModel:
+    """Stands in for a model or tokenizer: save_pretrained writes one file with a marker."""
+
+    def __init__(self, marker: str, fail: bool = False) -> None:
+        self.marker, self.fail = marker, fail
+
+    def save_pretrained(self, folder):
+        (folder / "weights.txt").write_text(self.marker)
+        if self.fail:
+            raise RuntimeError("disk full")
+
+
+# -- check -----------------------------------------------------------------------------------------------
+
+
+def test_check_accepts_a_new_or_empty_folder(tmp_path):
+    RunFolder(tmp_path / "new").check(overwrite=False, resume=False)
+    RunFolder(tmp_path).check(overwrite=False, resume=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    RunFolder(tmp_path).check(overwrite=False, resume=False)
+
+
+@pytest.mark.parametrize("entry", ["config.yaml", "metrics.jsonl"])
+def test_check_refuses_a_folder_holding_a_run(tmp_path, entry):
+    (tmp_path / entry).write_text("")
+    with pytest.raises(ZoftError, match=r"already holds a run.*--overwrite.*--resume"):
+        RunFolder(tmp_path).check(overwrite=False, resume=False)
+    RunFolder(tmp_path).check(overwrite=True, resume=False)
+
+
+def test_check_resume_needs_a_checkpoint(tmp_path, config):
+    make_run(tmp_path / "run", config)
+    RunFolder(tmp_path / "run").check(overwrite=False, resume=True)
+    with pytest.raises(ZoftError, match="no checkpoint to resume from"):
+        RunFolder(tmp_path / "other").check(overwrite=False, resume=True)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.yaml").write_text("")
+    with pytest.raises(ZoftError, match="no checkpoint"):
+        RunFolder(tmp_path / "plain").check(overwrite=False, resume=True)
+
+
+def test_check_refuses_overwrite_with_resume(tmp_path):
+    with pytest.raises(ZoftError, match="exclude each other"):
+        RunFolder(tmp_path).check(overwrite=True, resume=True)
+
+
+def test_check_refuses_a_file(tmp_path):
+    (tmp_path / "run").write_text("a file")
+    with pytest.raises(ZoftError, match="is a file"):
+        RunFolder(tmp_path / "run").check(overwrite=True, resume=False)
+
+
+# -- begin and the config ------------------------------------------------------------------------------------
+
+
+def test_begin_records_the_config(tmp_path, config):
+    run = RunFolder(tmp_path / "a" / "run")
+    run.begin(config, overwrite=False)
+    assert run.read_config() == config
+    assert not (tmp_path / "a" / "run" / "config.yaml.tmp").exists()
+
+
+def test_read_config_without_one(tmp_path):
+    with pytest.raises(ZoftError, match=r"has no config\.yaml"):
+        RunFolder(tmp_path).read_config()
+
+
+def test_overwrite_removes_only_zoft_entries(tmp_path, config):
+    path = tmp_path / "run"
+    make_run(path, config)
+    assert {p.name for p in path.iterdir()} == set(RUN_ENTRIES)
+    (path / "notes.txt").write_text("my notes")
+    (path / "plots").mkdir()
+    (path / "plots" / "mine.png").write_bytes(b"png")
+    new_config = build_config(overrides={"method": "full", "steps": "3"})
+    RunFolder(path).begin(new_config, overwrite=True)
+    assert {p.name for p in path.iterdir()} == {"config.yaml", "notes.txt", "plots"}
+    assert (path / "notes.txt").read_text() == "my notes"
+    assert (path / "plots" / "mine.png").read_bytes() == b"png"
+    assert RunFolder(path).read_config() == new_config
+
+
+# -- metrics -------------------------------------------------------------------------------------------------
+
+
+def test_metrics_append_and_read(tmp_path):
+    run = RunFolder(tmp_path)
+    assert run.read_metrics() == []
+    records = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, 4)]
+    for record in records:
+        run.append_metrics(record)
+    assert run.read_metrics() == records
+    assert len(run.metrics_path.read_text().splitlines()) == 3
+
+
+def test_truncate_metrics_keeps_steps_up_to_n(tmp_path):
+    run = RunFolder(tmp_path)
+    records = [{"kind": "eval", "step": 0}]
+    records += [{"kind": "train", "step": s} for s in range(1, 7)]
+    records += [{"kind": "eval", "step": 3}, {"kind": "eval", "step": 6}]
+    for record in records:
+        run.append_metrics(record)
+    run.truncate_metrics(3)
+    kept = run.read_metrics()
+    assert kept == [r for r in records if r["step"] <= 3]
+    assert {"kind": "eval", "step": 3} in kept
+    assert max(r["step"] for r in kept) == 3
+    run.append_metrics({"kind": "train", "step": 4})
+    assert run.read_metrics()[-1] == {"kind": "train", "step": 4}
+    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+
+
+def test_summary_round_trip(tmp_path):
+    run = RunFolder(tmp_path)
+    run.write_summary({"status": "completed", "best": {"step": 3}})
+    assert run.read_summary() == {"status": "completed", "best": {"step": 3}}
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+# -- atomic folder writes ------------------------------------------------------------------------------------
+
+
+def test_save_model_replaces_the_folder(tmp_path):
+    run = RunFolder(tmp_path)
+    run.save_model(FakeModel("first"), FakeModel("first"))
+    (tmp_path / "model" / "stale.bin").write_bytes(b"stale")
+    run.save_model(FakeModel("second"), FakeModel("second"))
+    assert (tmp_path / "model" / "weights.txt").read_text() == "second"
+    assert not (tmp_path / "model" / "stale.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_save_model_after_a_crash_leftover(tmp_path):
+    run = RunFolder(tmp_path)
+    run.save_model(FakeModel("first"), FakeModel("first"))
+    (tmp_path / "model.tmp").mkdir()
+    (tmp_path / "model.tmp" / "half-written.bin").write_bytes(b"x")
+    (tmp_path / "model.old").mkdir()
+    run.save_model(FakeModel("second"), FakeModel("second"))
+    assert (tmp_path / "model" / "weights.txt").read_text() == "second"
+    assert not (tmp_path / "model" / "half-written.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_failed_save_keeps_the_previous_model(tmp_path):
+    run = RunFolder(tmp_path)
+    run.save_model(FakeModel("first"), FakeModel("first"))
+    with pytest.raises(RuntimeError):
+        run.save_model(FakeModel("second", fail=True), FakeModel("second"))
+    assert (tmp_path / "model" / "weights.txt").read_text() == "first"
+
+
+def test_save_predictions(tmp_path):
+    run = RunFolder(tmp_path)
+    run.save_predictions({"test": [{"index": 0, "prediction": 1}], "validation": []})
+    run.save_predictions({"test": [{"index": 0, "prediction": 0}, {"index": 1, "prediction": 1}]})
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["test.jsonl"]
+    rows = [json.loads(line) for line in (tmp_path / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert rows == [{"index": 0, "prediction": 0}, {"index": 1, "prediction": 1}]
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip(tmp_path):
+    run = RunFolder(tmp_path)
+    weight = torch.randn(4, 3)
+    tensors = {"a.weight": weight.t(), "b.bias": torch.arange(5, dtype=torch.float32),
+               "c": torch.zeros(2, dtype=torch.bfloat16)}
+    torch.manual_seed(123)
+    state = {
+        "loop": {"step": 7, "best_value": 0.5, "best_step": None, "last_eval": {"test/accuracy": 0.6},
+                 "warnings": ["w"]},
+        "method": {"optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 1e-3}]}},
+        "stream": {"epoch_generator_state": [1, 2, 3], "position": 4},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": [],
+    }
+    expected_next = torch.rand(3)
+    run.save_checkpoint(tensors, state)
+    loaded_tensors, loaded_state = run.load_checkpoint()
+    assert set(loaded_tensors) == set(tensors)
+    for name, tensor in tensors.items():
+        assert torch.equal(loaded_tensors[name], tensor)
+        assert loaded_tensors[name].dtype == tensor.dtype
+    assert loaded_state["loop"] == state["loop"]
+    assert loaded_state["stream"] == state["stream"]
+    assert loaded_state["method"]["optimizer"]["param_groups"] == [{"lr": 1e-3}]
+    assert torch.equal(loaded_state["method"]["optimizer"]["state"][0]["exp_avg"], torch.ones(3))
+    assert loaded_state["torch_rng"].dtype == torch.uint8
+    torch.set_rng_state(loaded_state["torch_rng"])
+    assert torch.equal(torch.rand(3), expected_next)
+
+
+def test_checkpoint_replaces_the_previous_one(tmp_path):
+    run = RunFolder(tmp_path)
+    run.save_checkpoint({"w": torch.zeros(2)}, {"loop": {"step": 1}})
+    run.save_checkpoint({"w": torch.ones(2)}, {"loop": {"step": 2}})
+    tensors, state = run.load_checkpoint()
+    assert torch.equal(tensors["w"], torch.ones(2))
+    assert state["loop"]["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+# -- provenance ----------------------------------------------------------------------------------------------
+
+
+def test_git_commit():
+    commit = git_commit()
+    assert commit is not None
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit)
+
+
+def test_environment():
+    info = environment(torch.device("cpu"))
+    assert info["device"]["type"] == "cpu"
+    assert info["device"]["threads"] >= 1
+    versions = info["versions"]
+    assert set(versions) >= {"python", "torch", "transformers", "peft", "zoft"}
+    assert versions["torch"] == torch.__version__
+    assert all(isinstance(v, str) and v for v in versions.values())
+    json.dumps(info)

@@ -1,0 +1,69 @@
+"""zoft sweep through the real CLI on the tiny BERT: the table, the heat map, best.yaml, continuing."""
+
+import csv
+
+import pytest
+import yaml
+
+from zoft.cli import main
+from zoft.compare import plan
+from zoft.errors import ZoftError
+from zoft.report import load_run
+from zoft.sweep import grid_points, parse_grid
+
+
+def test_parse_grid_and_points():
+    grid = parse_grid(["lr=1e-5,1e-4", "eps=1e-3"])
+    assert grid == {"lr": ["1e-5", "1e-4"], "eps": ["1e-3"]}
+    assert grid_points(grid) == [{"lr": "1e-5", "eps": "1e-3"}, {"lr": "1e-4", "eps": "1e-3"}]
+    for bad in (["lr"], ["lr="], ["nosuch=1,2"], ["lr=1", "lr=2"]):
+        with pytest.raises(ZoftError):
+            parse_grid(bad)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_bert, real_glue):
+    out = tmp_path_factory.mktemp("sweep")
+    args = ["sweep", "--out", str(out), "--model", str(tiny_bert), "--data-dir", str(real_glue), "--task", "mrpc",
+            "--train-limit", "64", "--validation-fraction", "0.02", "--steps", "4", "--eval-every", "2",
+            "--batch-size", "8", "--max-length", "64", "--quiet", "--method", "mezo-lora",
+            "--grid", "lr=1e-4,1e30", "eps=1e-3,1e-2"]
+    assert main(args) == 0
+    return out, args
+
+
+def test_the_sweep_writes_its_table_heat_map_and_best(swept):
+    out, _ = swept
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 4
+    assert {row["status"] for row in rows if row["lr"] == "1e30"} == {"diverged"}
+    ranked = [row for row in rows if row["status"] == "completed"]
+    scores = [float(row["validation/accuracy"]) for row in ranked]
+    assert scores == sorted(scores, reverse=True) and len(ranked) == 2
+    for row in ranked:  # each score is the best validation value of its run, never a test value
+        run = load_run(out / row["run"])
+        assert float(row["validation/accuracy"]) == pytest.approx(run.summary["best"]["validation/accuracy"],
+                                                                  abs=5e-5)
+    assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "validation split" in (out / "sweep.md").read_text()
+
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["method"]["method"] == "mezo" and best["method"]["params"] == "lora"
+    assert best["method"]["lr"] == 1e-4
+    assert best["method"]["eps"] == float(ranked[0]["eps"])
+
+
+def test_compare_accepts_the_best_point_as_its_preset(swept):
+    out, _ = swept
+    configs = plan(["lora", "mezo-lora"], {"task": "mrpc"}, [out / "best.yaml"])
+    best = yaml.safe_load((out / "best.yaml").read_text())["method"]
+    assert configs["mezo-lora"].method.eps == best["eps"]
+    assert configs["lora"].method.method == "lora"
+
+
+def test_a_sweep_run_again_keeps_its_finished_points(swept, capsys):
+    out, args = swept
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
+    assert main(args) == 0
+    after = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
+    assert before == after
