@@ -128,3 +128,16 @@ def test_a_collapsed_model_is_flagged(tmp_path, tiny_run_args):
     assert [w for w in summary["warnings"] if "one class" in w] == [
         w for w in summary["warnings"] if any(f"step {s}:" in w for s in collapsed)
     ]
+
+
+@pytest.mark.parametrize(("task", "metrics"), [
+    ("sst2", {"accuracy"}), ("cola", {"matthews"}), ("stsb", {"pearson", "spearman"}), ("rte", {"accuracy"}),
+])
+def test_every_shared_glue_task_trains_with_its_metric(tmp_path, tiny_run_args, task, metrics):
+    run = tmp_path / task
+    args = [a if a != "mrpc" else task for a in tiny_run_args]
+    assert main(["train", "--out", str(run), "--method", "lora", *args]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == task
+    assert {key.split("/")[1] for key in summary["best"] if key.startswith("test/")} - {"majority_share"} == metrics
+    assert summary["select_metric"] == f"validation/{sorted(metrics)[0] if task != 'stsb' else 'pearson'}"

@@ -94,7 +94,7 @@ def run_compare(args: argparse.Namespace) -> int:
     except Interrupted:
         print("zoft: interrupted; run the same command again to continue the comparison", file=sys.stderr)
         return 130
-    report = write_report(folders, out / "report")
+    report = write_report(folders, Path(args.report_dir) if args.report_dir else out / "report")
     print(f"report: {report}")
     return 0
 
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", default="lora,mezo-lora",
                          help="comma-separated: lora, full, mezo-lora, mezo-full (default: lora,mezo-lora)")
     compare.add_argument("--out", help="folder for the runs and the report (default: runs/compare-<task>)")
+    compare.add_argument("--report-dir", help="folder for report.md and its plots (default: <out>/report)")
     compare.add_argument("--budget-minutes", type=float, help="stop each method after this many minutes of training")
     compare.add_argument("--budget-forwards", type=int,
                          help="give each method this many forward passes (sets its steps)")

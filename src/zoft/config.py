@@ -59,6 +59,32 @@ class ModelConfig:
         "modules that get LoRA adapters, comma-separated; default: PEFT's choice for the model family",
         default=None,
     )
+    head: Literal["classifier", "prompt"] = _help(
+        "classifier: a classification head; prompt: label words scored by the masked-LM head at a mask "
+        "token of a template (MeZO / LM-BFF prompt-based fine-tuning; needs a model with an MLM head)",
+        default="classifier",
+    )
+    template: str | None = _help(
+        "head=prompt: the template, with {s1}, {s2} and {mask} (default: the task's, e.g. MRPC '{s1} {mask} , {s2}')",
+        default=None,
+    )
+    label_words: list[str] | None = _help("head=prompt: one word per label, comma-separated (default: the task's)",
+                                          default=None)
+    pooling: Literal["model", "cls", "mean"] = _help(
+        "model: the model's own classification head; cls / mean: a linear head on the first token's or the "
+        "mean of the tokens' last hidden states",
+        default="model",
+    )
+    pair_encoding: Literal["joint", "separate"] = _help(
+        "pair tasks: joint (one input, the sentences side by side) or separate (each sentence encoded "
+        "alone, the head sees u, v, |u-v|, u*v; needs pooling cls or mean)",
+        default="joint",
+    )
+    head_init: Literal["random", "linear-probe"] = _help(
+        "linear-probe: fit the head by logistic regression on the frozen features of the training split "
+        "before training starts",
+        default="random",
+    )
 
 
 @dataclass
@@ -79,6 +105,12 @@ class MethodConfig:
     n_perturbations: int = _help("mezo: random directions per step (n-SPSA)", default=1)
     momentum: float = _help("mezo: momentum of the projected-gradient update (ZO-SGD-MMT)", default=0.0)
     grad_accumulation: int = _help("micro-batches per optimiser step", default=1)
+    head_grad: Literal["zo", "exact"] = _help(
+        "mezo: zo trains the head with the zeroth-order estimate like the rest; exact trains it by an ordinary "
+        "gradient on the detached features (no backward through the encoder)",
+        default="zo",
+    )
+    head_lr: float = _help("mezo with head_grad=exact: the head's AdamW learning rate", default=1e-3)
 
 
 @dataclass
@@ -90,6 +122,7 @@ class TrainConfig:
         default=None,
     )
     batch_size: int = _help("examples per micro-batch", default=16)
+    group_by_length: bool = _help("batch training examples of similar length (less padding, faster)", default=True)
     eval_batch_size: int = _help("examples per evaluation batch", default=64)
     eval_every: int = _help("evaluate validation and test every this many steps (and at the end)", default=100)
     log_every: int = _help("write a metrics line every this many steps", default=10)
@@ -297,11 +330,11 @@ def resolve(config: RunConfig) -> RunConfig:
         t.steps = defaults["steps"]
     if d.data_dir is None and os.environ.get("GLUE_DIR") and d.task != "custom":
         d.data_dir = os.environ["GLUE_DIR"]
-    _check_ranges(config)
+    _check_values(config)
     return config
 
 
-def _check_ranges(config: RunConfig) -> None:
+def _check_values(config: RunConfig) -> None:
     m, t, d, mo = config.method, config.train, config.data, config.model
     positive = {
         "lr": m.lr, "eps": m.eps, "n_perturbations": m.n_perturbations, "grad_accumulation": m.grad_accumulation,
@@ -333,6 +366,7 @@ def _check_ranges(config: RunConfig) -> None:
             re.compile(m.params)
         except re.error as error:
             raise ZoftError(f"config key 'params': '{m.params}' is not a valid regular expression ({error})") from None
+    _check_combinations(m, mo)
     if d.text_columns is not None and not 1 <= len(d.text_columns) <= 2:
         raise ZoftError(f"config key 'text_columns': expected one or two columns, got {d.text_columns}")
 
@@ -344,3 +378,16 @@ def from_dict(document: dict[str, Any]) -> RunConfig:
 
 def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def _check_combinations(m: MethodConfig, mo: ModelConfig) -> None:
+    if mo.pair_encoding == "separate" and mo.pooling == "model":
+        raise ZoftError("config key 'pair_encoding': separate needs pooling cls or mean (the model's own head "
+                        "reads one joint input)")
+    if mo.head == "prompt" and (mo.pooling != "model" or mo.head_init != "random"):
+        raise ZoftError("config key 'head': prompt scores label words with the pretrained masked-LM head; "
+                        "it takes no pooling and no head_init")
+    if (mo.template is not None or mo.label_words is not None) and mo.head != "prompt":
+        raise ZoftError("config keys 'template' and 'label_words' apply to head=prompt only")
+    if m.head_grad == "exact" and (m.method != "mezo" or mo.head == "prompt"):
+        raise ZoftError("config key 'head_grad': exact applies to method mezo with a classification head")

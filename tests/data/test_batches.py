@@ -73,21 +73,39 @@ def test_stream_order_depends_on_the_seed_only(tokenizer, encoded):
     assert first_batches(7) != first_batches(8)
 
 
+@pytest.mark.parametrize("group_by_length", [False, True])
 @pytest.mark.parametrize("consumed", [0, 2, 4, 5, 9])
-def test_state_dict_round_trip_yields_the_same_next_batches(tokenizer, encoded, consumed):
-    stream = BatchStream(encoded, tokenizer, batch_size=3, seed=42)
+def test_state_dict_round_trip_yields_the_same_next_batches(tokenizer, encoded, consumed, group_by_length):
+    stream = BatchStream(encoded, tokenizer, batch_size=3, seed=42, group_by_length=group_by_length)
     for _ in range(consumed):
         stream.next()
     state = json.loads(json.dumps(stream.state_dict()))  # plain values survive JSON too
     expected = [stream.next() for _ in range(6)]
 
-    resumed = BatchStream(encoded, tokenizer, batch_size=3, seed=999)
+    resumed = BatchStream(encoded, tokenizer, batch_size=3, seed=999, group_by_length=group_by_length)
     resumed.load_state_dict(state)
     assert resumed.examples_seen == consumed * 3 - (consumed // 4) * 2
     for want in expected:
         got = resumed.next()
         assert got.keys() == want.keys()
         assert all(torch.equal(got[key], want[key]) for key in want)
+
+
+def test_length_grouping_pads_less_and_still_visits_every_example_once(tokenizer):
+    lengths = [1 + (7 * i) % 40 for i in range(400)]  # lengths spread over 1..40 words
+    encoded = encode(Examples([(" ".join(["w"] * n),) for n in lengths], [float(i) for i in range(400)]),
+                     tokenizer, max_length=64)
+
+    def epoch(group_by_length: bool) -> tuple[list[int], int]:
+        stream = BatchStream(encoded, tokenizer, batch_size=8, seed=0, group_by_length=group_by_length)
+        batches = [stream.next() for _ in range(50)]
+        return [i for b in batches for i in _ids(b)], sum(b["input_ids"].numel() for b in batches)
+
+    grouped_ids, grouped_tokens = epoch(True)
+    plain_ids, plain_tokens = epoch(False)
+    assert sorted(grouped_ids) == sorted(plain_ids) == list(range(400))
+    assert grouped_tokens < 0.8 * plain_tokens
+    assert grouped_ids != sorted(grouped_ids, key=lambda i: lengths[i])  # shuffled, not sorted by length
 
 
 def test_state_from_other_data_is_refused(tokenizer, encoded):

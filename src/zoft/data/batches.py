@@ -31,23 +31,44 @@ class EncodedSplit:
         return [feature["labels"] for feature in self.features]
 
 
-def encode(examples: Examples, tokenizer: PreTrainedTokenizerBase, max_length: int) -> EncodedSplit:
-    """Tokenise every example once (pairs as text / text_pair), truncated to `max_length`, not padded."""
+SECOND = "_b"  # suffix of the keys that hold the second sentence when pairs are encoded separately
+
+
+def encode(examples: Examples, tokenizer: PreTrainedTokenizerBase, max_length: int, *,
+           separate_pairs: bool = False, template: Any = None) -> EncodedSplit:
+    """Tokenise every example once, truncated to `max_length`, not padded.
+
+    Pairs go in as text / text_pair, or, with `separate_pairs`, each sentence alone (its keys suffixed
+    ``_b`` for the second); a prompt `template` (zoft.prompt.Template) renders the example around a mask.
+    """
     if not len(examples):
         return EncodedSplit([])
+    if template is not None:
+        return EncodedSplit(template.encode(examples, tokenizer, max_length))
     columns = [list(column) for column in zip(*examples.texts, strict=True)]
-    second = columns[1] if len(columns) > 1 else None
-    encoded = tokenizer(columns[0], second, truncation=True, max_length=max_length)
-    keys = list(encoded.keys())
-    features = [
-        {**{key: encoded[key][i] for key in keys}, "labels": label} for i, label in enumerate(examples.labels)
-    ]
-    return EncodedSplit(features)
+    if separate_pairs:
+        first, second = (_tokenised_rows(tokenizer(column, truncation=True, max_length=max_length))
+                         for column in columns)
+        rows = [{**a, **{key + SECOND: value for key, value in b.items()}} for a, b in zip(first, second, strict=True)]
+    else:
+        pair = columns[1] if len(columns) > 1 else None
+        rows = _tokenised_rows(tokenizer(columns[0], pair, truncation=True, max_length=max_length))
+    return EncodedSplit([{**row, "labels": label} for row, label in zip(rows, examples.labels, strict=True)])
+
+
+def _tokenised_rows(encoded: Any) -> list[dict[str, Any]]:
+    return [{key: encoded[key][i] for key in encoded} for i in range(len(encoded["input_ids"]))]
 
 
 def collate(features: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
-    """Pad `features` to the longest among them; labels become long (classes) or float (regression)."""
-    return dict(DataCollatorWithPadding(tokenizer, return_tensors="pt")(list(features)))
+    """Pad `features` to the longest among them (each sentence of a separately encoded pair to its own
+    longest); labels become long (classes) or float (regression)."""
+    pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    batch = dict(pad([{k: v for k, v in f.items() if not k.endswith(SECOND)} for f in features]))
+    if any(key.endswith(SECOND) for key in features[0]):
+        second = pad([{k[: -len(SECOND)]: v for k, v in f.items() if k.endswith(SECOND)} for f in features])
+        batch.update({key + SECOND: value for key, value in second.items()})
+    return batch
 
 
 def eval_batches(
@@ -62,17 +83,24 @@ class BatchStream:
     """An endless stream of shuffled training batches that can be saved and resumed exactly.
 
     Every epoch visits each example once in a fresh permutation drawn from the stream's own generator.
-    The last batch of an epoch keeps the leftover examples (drop_last=False), so it may be smaller.
-    The state is the generator state at the start of the current epoch plus the position in it: replaying
-    the permutation from there gives the very batches an uninterrupted stream would have given.
+    With ``group_by_length`` (the HF Trainer's trick) the permutation is cut into megabatches of
+    ``MEGABATCH`` batches, each megabatch is sorted by length and cut into batches, and the batches are
+    shuffled: a batch holds examples of similar length and wastes little on padding, while the epoch
+    stays random. The last batch of a megabatch keeps the leftover examples (drop_last=False).
+    The state is the generator state at the start of the current epoch plus the batch index in it:
+    replaying the epoch from there gives the very batches an uninterrupted stream would have given.
     """
 
-    def __init__(self, encoded: EncodedSplit, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int):
+    MEGABATCH = 50
+
+    def __init__(self, encoded: EncodedSplit, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int,
+                 group_by_length: bool = False):
         if not len(encoded):
             raise ZoftError("the training split is empty: no batches to draw")
         self._encoded = encoded
         self._tokenizer = tokenizer
         self._batch_size = batch_size
+        self._group_by_length = group_by_length
         self._generator = torch.Generator().manual_seed(seed)
         self._examples_seen = 0
         self._start_epoch()
@@ -93,10 +121,10 @@ class BatchStream:
         return self.next()
 
     def next(self) -> Batch:
-        if self._position >= len(self._order):
+        if self._position >= len(self._batches):
             self._start_epoch()
-        indices = self._order[self._position : self._position + self._batch_size]
-        self._position += len(indices)
+        indices = self._batches[self._position]
+        self._position += 1
         self._examples_seen += len(indices)
         return collate([self._encoded.features[i] for i in indices], self._tokenizer)
 
@@ -105,7 +133,7 @@ class BatchStream:
         return {
             "num_examples": len(self._encoded),
             "epoch_generator_state": self._epoch_start_state.tolist(),
-            "position": self._position,
+            "batch_in_epoch": self._position,
             "examples_seen": self._examples_seen,
         }
 
@@ -115,10 +143,23 @@ class BatchStream:
                             f"has {len(self._encoded)}; resuming needs the same data and data settings")
         self._generator.set_state(torch.tensor(state["epoch_generator_state"], dtype=torch.uint8))
         self._start_epoch()
-        self._position = state["position"]
+        self._position = state["batch_in_epoch"]
         self._examples_seen = state["examples_seen"]
 
     def _start_epoch(self) -> None:
         self._epoch_start_state = self._generator.get_state()
-        self._order: list[int] = torch.randperm(len(self._encoded), generator=self._generator).tolist()
+        order: list[int] = torch.randperm(len(self._encoded), generator=self._generator).tolist()
+        if self._group_by_length:
+            self._batches = self._length_grouped_batches(order)
+        else:
+            self._batches = [order[i : i + self._batch_size] for i in range(0, len(order), self._batch_size)]
         self._position = 0
+
+    def _length_grouped_batches(self, order: list[int]) -> list[list[int]]:
+        size = self.MEGABATCH * self._batch_size
+        batches = []
+        for start in range(0, len(order), size):
+            megabatch = sorted(order[start : start + size], key=lambda i: -len(self._encoded.features[i]["input_ids"]))
+            batches += [megabatch[i : i + self._batch_size] for i in range(0, len(megabatch), self._batch_size)]
+        shuffled = torch.randperm(len(batches), generator=self._generator).tolist()
+        return [batches[i] for i in shuffled]

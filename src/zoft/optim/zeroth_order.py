@@ -6,9 +6,10 @@ Models with Just Forward Passes" (MeZO), Algorithm 1. For one perturbation with 
 1. ``p += eps * z`` for every trainable parameter, z ~ N(0, I) drawn from a generator seeded with ``s``;
 2. ``loss+ = closure()``;
 3. ``p -= 2 * eps * z`` (the same z, regenerated from ``s``);  ``loss- = closure()``;
-4. ``p += eps * z`` restores the parameters (up to float rounding);
-5. ``g = (loss+ - loss-) / (2 * eps)``, the projected gradient, an estimate of ``z . grad``;
-6. ``p -= lr * (g * z + weight_decay * p)`` with z regenerated once more from ``s``.
+4. ``g = (loss+ - loss-) / (2 * eps)``, the projected gradient, an estimate of ``z . grad``;
+5. ``p += eps * z`` restores the parameters and ``p -= lr * (g * z + weight_decay * p)`` updates them, in
+   one pass with z regenerated once more from ``s`` (the paper's code takes two passes: 4 draws of z
+   per step instead of 3).
 
 z is never stored for the whole parameter set (unless ``cache_z`` asks for it), so the memory cost is
 that of inference plus one transient z chunk. This module knows tensors and closures only: nothing of
@@ -272,7 +273,8 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         for index in range(self.n_perturbations):
             seed = int(torch.randint(_SEED_BOUND, (1,), generator=self._seed_generator).item())
             direction = _Direction(seed, slices, self._z_generators, self.cache_z)
-            loss_plus, loss_minus = self._two_point_losses(closure, direction, index)
+            last = index == self.n_perturbations - 1
+            loss_plus, loss_minus = self._two_point_losses(closure, direction, index, restore=not last)
             directions.append(direction)
             losses_plus.append(loss_plus)
             losses_minus.append(loss_minus)
@@ -335,10 +337,16 @@ class ZerothOrderSGD(torch.optim.Optimizer):
             state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state["momentum_buffer"]
 
-    def _two_point_losses(self, closure: Closure, direction: _Direction, index: int) -> tuple[float, float]:
+    def _two_point_losses(
+        self, closure: Closure, direction: _Direction, index: int, restore: bool
+    ) -> tuple[float, float]:
+        """loss+ and loss-. With ``restore=False`` a successful call leaves the parameters at ``p - eps*z``
+        and the update pass restores them on its way: one pass over z fewer (z is the expensive part of
+        a step when many parameters are trained). A failed call always restores them here."""
         loss_plus = loss_minus = math.nan
         # The multiple of z currently added to the parameters, undone whatever happens in the closure.
         applied = 0.0
+        measured = False
         try:
             self._perturb(direction, self.eps)
             applied = self.eps
@@ -350,8 +358,9 @@ class ZerothOrderSGD(torch.optim.Optimizer):
             loss_minus = _loss_value(closure())
             if not math.isfinite(loss_minus):
                 raise NonFiniteLossError(direction.seed, index, loss_plus, loss_minus)
+            measured = True
         finally:
-            if applied:
+            if applied and (restore or not measured):
                 self._perturb(direction, -applied)
         return loss_plus, loss_minus
 
@@ -361,19 +370,28 @@ class ZerothOrderSGD(torch.optim.Optimizer):
             piece.param.add_(z, alpha=scale)
 
     def _update(self, slices: list[_Slice], directions: list[_Direction], grads: list[float]) -> None:
-        """Apply ``p <- p - lr * (mean_i(g_i z_i) + wd * p)``, through the momentum buffer if any."""
+        """Apply ``p <- p - lr * (mean_i(g_i z_i) + wd * p)``, through the momentum buffer if any.
+
+        The parameters arrive at ``p - eps*z`` of the last direction (see ``_two_point_losses``); its
+        ``+eps*z`` restore rides along with its update. Decay scales the pending ``-eps*z`` too, so the
+        restore is scaled alike: ``(p - eps z)(1 - lr wd) + eps (1 - lr wd) z = p (1 - lr wd)``.
+        """
         for piece in slices:
             if piece.momentum_buffer is not None:
                 piece.momentum_buffer.mul_(piece.group["momentum"])
             if piece.group["weight_decay"] > 0:
                 piece.param.mul_(1 - piece.group["lr"] * piece.group["weight_decay"])
-        for direction, grad in zip(directions, grads, strict=True):
+        for index, (direction, grad) in enumerate(zip(directions, grads, strict=True)):
             weight = grad / len(directions)
+            pending_restore = self.eps if index == len(directions) - 1 else 0.0
             for piece, z in direction.pairs():
+                restore = pending_restore * (1 - piece.group["lr"] * piece.group["weight_decay"])
                 if piece.momentum_buffer is not None:
                     piece.momentum_buffer.add_(z, alpha=weight)
+                    if restore:
+                        piece.param.add_(z, alpha=restore)
                 else:
-                    piece.param.add_(z, alpha=-piece.group["lr"] * weight)
+                    piece.param.add_(z, alpha=restore - piece.group["lr"] * weight)
         for piece in slices:
             if piece.momentum_buffer is not None:
                 piece.param.add_(piece.momentum_buffer, alpha=-piece.group["lr"])
