@@ -13,6 +13,7 @@ def test_budget_in_forward_passes_sets_each_methods_steps():
     configs = plan(["lora", "mezo-lora"], {"n_perturbations": "2"}, [], budget_forwards=400)
     assert configs["lora"].train.steps == 400
     assert configs["mezo-lora"].train.steps == 100
+    assert configs["lora"].train.max_forward_passes == configs["mezo-lora"].train.max_forward_passes == 400
     assert forwards_per_step(configs["mezo-lora"]) == 4
 
 
@@ -50,5 +51,5 @@ def test_a_time_budget_stops_each_method(tmp_path, tiny_run_args):
     args = ["compare", "--out", str(out), "--methods", "lora", "--budget-minutes", "0.0001", *tiny_run_args]
     assert main(args) == 0
     summary = json.loads((out / "lora" / "summary.json").read_text())
-    assert summary["steps"] == 1 and summary["stopped_by"] == "time budget"
+    assert summary["steps"] == 1 and summary["stopped_by"] == "time budget of 0.0001 minutes"
     assert summary["final"]["step"] == 1

@@ -49,6 +49,8 @@ def preset_method(path: Path) -> str:
 
 
 def forwards_per_step(config: RunConfig) -> int:
+    """Forward passes of a plain step; MeZO-SVRG snapshots and growing n-SPSA take more, which the
+    max_forward_passes cap accounts for exactly."""
     m = config.method
     return m.grad_accumulation * (2 * m.n_perturbations if m.method == "mezo" else 1)
 
@@ -68,7 +70,7 @@ def plan(methods: list[str], overrides: dict[str, Any], presets: list[Path],
         preset_keys = load_yaml(preset) if preset else {}
         config = build_config(overrides={**preset_keys, **overrides, **keys})
         if budget_forwards is not None:
-            config = build_config(overrides={**preset_keys, **overrides, **keys,
+            config = build_config(overrides={**preset_keys, **overrides, **keys, "max_forward_passes": budget_forwards,
                                              "steps": max(1, budget_forwards // forwards_per_step(config))})
         configs[name] = config
     return configs

@@ -103,7 +103,30 @@ class MethodConfig:
     max_grad_norm: float | None = _help("backprop: clip the gradient norm (0: off)", default=1.0)
     eps: float = _help("mezo: perturbation size epsilon", default=1e-3)
     n_perturbations: int = _help("mezo: random directions per step (n-SPSA)", default=1)
+    n_perturbations_final: int | None = _help(
+        "mezo: grow the directions per step linearly from n_perturbations at the first step to this at the last",
+        default=None,
+    )
     momentum: float = _help("mezo: momentum of the projected-gradient update (ZO-SGD-MMT)", default=0.0)
+    zo_estimator: Literal["spsa", "svrg"] = _help(
+        "mezo: spsa, MeZO's two-point estimate (2 forwards a step); svrg, MeZO-SVRG (Gautam et al. 2024): the "
+        "estimate at the parameters minus the same at a snapshot plus the snapshot's large-batch estimate "
+        "(4 forwards a step, plus 2 per micro-batch of the large batch every svrg_every steps; keeps 2 copies "
+        "of the trained parameters)",
+        default="spsa",
+    )
+    svrg_every: int = _help("zo_estimator=svrg: take a snapshot every this many steps (q)", default=50)
+    svrg_batches: int = _help(
+        "zo_estimator=svrg: micro-batches in a snapshot's large batch, the step's own and more drawn from the "
+        "training stream; 0: the whole training split in order (MRPC at batch 16: 207 micro-batches, 414 forwards "
+        "a snapshot)",
+        default=16,
+    )
+    svrg_lr_full: float | None = _help(
+        "zo_estimator=svrg: learning rate of the snapshot steps (eta1; the paper takes it larger than lr); "
+        "default: lr, following its schedule",
+        default=None,
+    )
     grad_accumulation: int = _help("micro-batches per optimiser step", default=1)
     head_grad: Literal["zo", "exact"] = _help(
         "mezo: zo trains the head with the zeroth-order estimate like the rest; exact trains it by an ordinary "
@@ -117,6 +140,9 @@ class MethodConfig:
 class TrainConfig:
     steps: int | None = _help("optimiser steps (default: from epochs, else the method's default)", default=None)
     epochs: float | None = _help("passes over the training split, if steps is not given", default=None)
+    max_forward_passes: int | None = _help(
+        "stop once training has made this many forward passes; the schedule still spans steps", default=None
+    )
     max_minutes: float | None = _help(
         "stop once training (not evaluation) has taken this many minutes; the schedule still spans steps",
         default=None,
@@ -306,8 +332,8 @@ def build_config(config_file: str | Path | None = None, overrides: dict[str, Any
 
 # Defaults per method, chosen on the MRPC validation split with MiniLM (docs/results.md says how).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lora": {"lr": 5e-4, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 1500},
-    "full": {"lr": 5e-5, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 1500},
+    "lora": {"lr": 5e-4, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 1000},
+    "full": {"lr": 5e-5, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 1000},
     "mezo": {"lr": 1e-4, "schedule": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "steps": 3000},
 }
 MEZO_ALL_LR = 1e-6
@@ -340,18 +366,20 @@ def _check_values(config: RunConfig) -> None:
         "lr": m.lr, "eps": m.eps, "n_perturbations": m.n_perturbations, "grad_accumulation": m.grad_accumulation,
         "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "eval_every": t.eval_every,
         "log_every": t.log_every, "divergence_factor": t.divergence_factor, "max_length": d.max_length,
-        "lora_r": mo.lora_r, "lora_alpha": mo.lora_alpha,
+        "lora_r": mo.lora_r, "lora_alpha": mo.lora_alpha, "svrg_every": m.svrg_every,
     }
     for key, value in positive.items():
         if value is None or value <= 0:
             raise ZoftError(f"config key '{key}': must be > 0, got {value}")
     optional_positive = {"steps": t.steps, "epochs": t.epochs, "train_limit": d.train_limit, "k_shot": d.k_shot,
-                         "max_minutes": t.max_minutes}
+                         "max_minutes": t.max_minutes, "max_forward_passes": t.max_forward_passes,
+                         "n_perturbations_final": m.n_perturbations_final}
     for key, value in optional_positive.items():
         if value is not None and value <= 0:
             raise ZoftError(f"config key '{key}': must be > 0, got {value}")
     non_negative = {"weight_decay": m.weight_decay, "momentum": m.momentum, "lora_dropout": mo.lora_dropout,
-                    "checkpoint_every": t.checkpoint_every, "max_grad_norm": m.max_grad_norm or 0.0}
+                    "checkpoint_every": t.checkpoint_every, "max_grad_norm": m.max_grad_norm or 0.0,
+                    "svrg_batches": m.svrg_batches, "svrg_lr_full": m.svrg_lr_full or 0.0}
     for key, value in non_negative.items():
         if value < 0:
             raise ZoftError(f"config key '{key}': must be >= 0, got {value}")
@@ -391,3 +419,17 @@ def _check_combinations(m: MethodConfig, mo: ModelConfig) -> None:
         raise ZoftError("config keys 'template' and 'label_words' apply to head=prompt only")
     if m.head_grad == "exact" and (m.method != "mezo" or mo.head == "prompt"):
         raise ZoftError("config key 'head_grad': exact applies to method mezo with a classification head")
+    _check_svrg(m)
+
+
+def _check_svrg(m: MethodConfig) -> None:
+    if m.zo_estimator != "svrg":
+        return
+    if m.method != "mezo":
+        raise ZoftError(f"config key 'zo_estimator': svrg applies to method mezo only, not to '{m.method}'")
+    if m.momentum > 0 or m.head_grad == "exact":
+        raise ZoftError("config key 'zo_estimator': svrg takes no momentum and no head_grad=exact (its steps "
+                        "evaluate the loss at a snapshot too, which neither accounts for)")
+    if 0 < m.svrg_batches < m.grad_accumulation:
+        raise ZoftError(f"config key 'svrg_batches': the large batch ({m.svrg_batches} micro-batches) must hold at "
+                        f"least a step's grad_accumulation ({m.grad_accumulation}), or be 0 (the whole split)")

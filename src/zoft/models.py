@@ -65,20 +65,17 @@ def _hub_unreachable() -> bool:
     return False
 
 
-def load_model(cfg: ModelConfig, num_labels: int) -> tuple[nn.Module, object]:
-    """A sequence-classification model (num_labels = 1: regression) and its tokenizer."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+def load_pretrained(auto_class: Any, cfg: ModelConfig, **config_overrides: Any) -> tuple[nn.Module, Any]:
+    """A pretrained model through a transformers Auto class (its config updated by `config_overrides`),
+    and its tokenizer; every failure a one-line ZoftError."""
+    from transformers import AutoConfig, AutoTokenizer
 
     path, local_only = resolve_model_path(cfg.model)
     try:
-        model_config = AutoConfig.from_pretrained(
-            path, num_labels=num_labels, local_files_only=local_only,
-            problem_type="regression" if num_labels == 1 else "single_label_classification",
-        )
+        model_config = AutoConfig.from_pretrained(path, local_files_only=local_only, **config_overrides)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=model_config, dtype=DTYPES[cfg.dtype], local_files_only=local_only
-        )
+        model = auto_class.from_pretrained(path, config=model_config, dtype=DTYPES[cfg.dtype],
+                                           local_files_only=local_only)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ZoftError(f"cannot load model '{cfg.model}': {first_line}") from None
@@ -87,6 +84,14 @@ def load_model(cfg: ModelConfig, num_labels: int) -> tuple[nn.Module, object]:
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_model(cfg: ModelConfig, num_labels: int) -> tuple[nn.Module, Any]:
+    """A sequence-classification model (num_labels = 1: regression) and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    return load_pretrained(AutoModelForSequenceClassification, cfg, num_labels=num_labels, problem_type=problem_type)
 
 
 def load_task_model(cfg: ModelConfig, task: TaskSpec) -> tuple[nn.Module, Any]:
@@ -173,3 +178,21 @@ def prepare_trainable(model: nn.Module, cfg: ModelConfig, method: str, params: s
         return add_lora(model, cfg)
     select_trainable(model, "all" if method == "full" else params or "all")
     return model
+
+
+def head_linear(model: nn.Module) -> nn.Linear:
+    """The last linear layer of the classification head: the one whose outputs are the logits.
+
+    zoft's own heads name it `head`; transformers names it `classifier` (BERT), `classifier.out_proj`
+    (RoBERTa) or `score` (decoder models). Under PEFT the trained copy of it is the one found.
+    """
+    num_labels = model.config.num_labels if not hasattr(model, "num_labels") else model.num_labels
+    candidates = [
+        module for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module.out_features == num_labels
+        and any(part in name for part in ("head", "classifier", "score")) and "original_module" not in name
+    ]
+    if not candidates:
+        raise ZoftError(f"cannot find the classification head of {type(model).__name__}: no linear layer named "
+                        f"head, classifier or score with {num_labels} outputs")
+    return candidates[-1]

@@ -22,14 +22,15 @@ from transformers import set_seed
 
 from zoft.config import RunConfig
 from zoft.console import Console, format_baseline
-from zoft.data.batches import BatchStream, encode
+from zoft.data.batches import BatchStream, encode, eval_batches
 from zoft.data.splits import TaskData, load_task_data
 from zoft.errors import ZoftError
 from zoft.evaluate import evaluate_split, to_device
 from zoft.measure import ForwardCounter, Stopwatch, measure_memory
 from zoft.methods import TrainingMethod, build_method
 from zoft.metrics import majority_baseline
-from zoft.models import count_parameters, load_model, prepare_trainable
+from zoft.models import count_parameters, input_format, load_task_model, prepare_trainable
+from zoft.probe import init_head_by_probe
 from zoft.runs import RunFolder, environment
 
 LOSS_WINDOW = 10
@@ -126,23 +127,33 @@ class Trainer:
         self.device = pick_device(config.train.device)
         self.data: TaskData = load_task_data(config.data, seed=config.train.seed)
         self.task = self.data.task
-        model, self.tokenizer = load_model(config.model, self.task.num_labels)
-        self.model = prepare_trainable(model, config.model, config.method.method, config.method.params)
-        self.model.to(self.device)
+        model, self.tokenizer = load_task_model(config.model, self.task)
+        model.to(self.device)
         self.encoded = {
-            name: encode(examples, self.tokenizer, config.data.max_length)
+            name: encode(examples, self.tokenizer, config.data.max_length, **input_format(config.model, self.task))
             for name, examples in self.data.splits.items()
         }
+        self.head_init = self.init_head(model) if config.model.head_init == "linear-probe" else None
+        self.model = prepare_trainable(model, config.model, config.method.method, config.method.params)
+        self.model.to(self.device)
         self.stream = BatchStream(self.encoded["train"], self.tokenizer, config.train.batch_size, config.train.seed,
                                   group_by_length=config.train.group_by_length)
         self.total_steps = planned_steps(config, len(self.data.splits["train"].labels))
-        self.method: TrainingMethod = build_method(self.model, config.method, self.total_steps, config.train.seed)
+        self.method: TrainingMethod = build_method(self.model, config.method, self.total_steps, config.train.seed,
+                                                   draw_batches=self.draw_batches)
         self.forwards = ForwardCounter(self.model)
         self.select_key = f"validation/{config.train.select_metric or self.task.main_metric}"
         self.eval_splits = [name for name in self.encoded if name != "train"]
         self.baseline = majority_baseline(self.task, self.data.splits["test"].labels)
         self.state = LoopState()
         self.stopped_by = "steps"
+
+    def init_head(self, model: torch.nn.Module) -> dict[str, float]:
+        result = init_head_by_probe(model, self.encoded["train"], self.encoded["validation"], self.tokenizer,
+                                    self.config.train.eval_batch_size, self.device)
+        self.console.print(f"head fitted on frozen features (linear probe): L2 {result['l2']:g}, validation score "
+                           f"{result['validation_score']:.4f}")
+        return result
 
     def describe(self) -> list[str]:
         trainable, total = count_parameters(self.model)
@@ -222,7 +233,17 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------
 
     def next_micro_batches(self) -> list[dict[str, torch.Tensor]]:
-        return [to_device(next(self.stream), self.device) for _ in range(self.config.method.grad_accumulation)]
+        return self.draw_batches(self.config.method.grad_accumulation)
+
+    def draw_batches(self, count: int | None) -> list[dict[str, torch.Tensor]]:
+        """`count` more micro-batches from the training stream, or with None the whole training split in order.
+
+        Methods call it inside their step for a large batch now and then (MeZO-SVRG's snapshots), so its
+        forwards and time count as the step's; stream batches count in examples_seen, the whole split does not.
+        """
+        batches = (eval_batches(self.encoded["train"], self.tokenizer, self.config.train.batch_size) if count is None
+                   else (next(self.stream) for _ in range(count)))
+        return [to_device(batch, self.device) for batch in batches]
 
     def train_step(self) -> dict[str, Any]:
         stopwatch = Stopwatch()
@@ -259,16 +280,25 @@ class Trainer:
             if self.state.step % cfg.log_every == 0:
                 self.log(record)
             self.console.step(record)
-            out_of_time = cfg.max_minutes is not None and self.state.train_seconds >= 60 * cfg.max_minutes
-            if self.state.step % cfg.eval_every == 0 or self.state.step == self.total_steps or out_of_time:
+            spent = self.spent_budget()
+            if self.state.step % cfg.eval_every == 0 or self.state.step == self.total_steps or spent:
                 self.log(self.evaluate())
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
-            if out_of_time:
-                self.console.print(f"step {self.state.step}: the time budget of {cfg.max_minutes:g} minutes is spent")
-                self.stopped_by = "time budget"
+            if spent:
+                self.console.print(f"step {self.state.step}: the {spent} is spent")
+                self.stopped_by = spent
                 break
         return "completed"
+
+    def spent_budget(self) -> str | None:
+        """Which budget, if any, the run has used up: training minutes or forward passes."""
+        cfg = self.config.train
+        if cfg.max_minutes is not None and self.state.train_seconds >= 60 * cfg.max_minutes:
+            return f"time budget of {cfg.max_minutes:g} minutes"
+        if cfg.max_forward_passes is not None and self.state.forward_passes >= cfg.max_forward_passes:
+            return f"budget of {cfg.max_forward_passes} forward passes"
+        return None
 
     def log(self, record: dict[str, Any]) -> None:
         self.run.append_metrics(record)
@@ -302,6 +332,7 @@ class Trainer:
             "memory": memory,
             "data": {"source": self.data.source,
                      "sizes": {name: len(split.labels) for name, split in self.data.splits.items()}},
+            "head_init": self.head_init,
             "warnings": self.state.warnings,
             **environment(self.device),
         }

@@ -5,12 +5,16 @@ The training loop knows nothing else of a method: backprop and zeroth-order diff
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from zoft.config import MethodConfig
+
+# draw_batches(count): `count` more training micro-batches from the stream, or with None the whole training split.
+DrawBatches = Callable[[int | None], list[dict[str, torch.Tensor]]]
 
 
 class TrainingMethod(Protocol):
@@ -39,11 +43,13 @@ class OptimizerState:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def build_method(model: nn.Module, cfg: MethodConfig, total_steps: int, seed: int) -> TrainingMethod:
+def build_method(model: nn.Module, cfg: MethodConfig, total_steps: int, seed: int,
+                 draw_batches: DrawBatches | None = None) -> TrainingMethod:
+    """The method `cfg` names; `draw_batches` serves those that need a large batch now and then (MeZO-SVRG)."""
     if cfg.method == "mezo":
         from zoft.methods.zeroth_order import ZerothOrder
 
-        return ZerothOrder(model, cfg, total_steps, seed)
+        return ZerothOrder(model, cfg, total_steps, seed, draw_batches)
     from zoft.methods.backprop import Backprop
 
     return Backprop(model, cfg, total_steps)

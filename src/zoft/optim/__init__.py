@@ -1,5 +1,20 @@
 """Optimisers that know tensors and closures only: nothing of tasks, models or configs."""
 
-from zoft.optim.zeroth_order import NonFiniteLossError, ZerothOrderSGD, ZOStepStats, decay_param_groups
+from zoft.optim.zeroth_order import (
+    LinearSchedule,
+    NonFiniteLossError,
+    ZerothOrderSGD,
+    ZOStepStats,
+    decay_param_groups,
+)
+from zoft.optim.zo_svrg import SVRGStepStats, ZerothOrderSVRG
 
-__all__ = ["NonFiniteLossError", "ZOStepStats", "ZerothOrderSGD", "decay_param_groups"]
+__all__ = [
+    "LinearSchedule",
+    "NonFiniteLossError",
+    "SVRGStepStats",
+    "ZOStepStats",
+    "ZerothOrderSGD",
+    "ZerothOrderSVRG",
+    "decay_param_groups",
+]

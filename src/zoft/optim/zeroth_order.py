@@ -13,7 +13,8 @@ Models with Just Forward Passes" (MeZO), Algorithm 1. For one perturbation with 
 
 z is never stored for the whole parameter set (unless ``cache_z`` asks for it), so the memory cost is
 that of inference plus one transient z chunk. This module knows tensors and closures only: nothing of
-models, data or configs.
+models, data or configs. The machinery (seeds, z, two-point losses, the fused update) lives in
+``_ZerothOrderOptimizer``, shared with the variance-reduced estimator of :mod:`zoft.optim.zo_svrg`.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["NonFiniteLossError", "ZOStepStats", "ZerothOrderSGD", "decay_param_groups"]
+__all__ = ["LinearSchedule", "NonFiniteLossError", "ZOStepStats", "ZerothOrderSGD", "decay_param_groups"]
 
 # Below 2**53 so that every seed survives a round trip through JSON readers that use doubles.
 _SEED_BOUND = 2**53
 _SEED_GENERATOR_KEY = "zeroth_order_seed_generator"
+_STEPS_KEY = "zeroth_order_steps_taken"
 _NORM_NAME_MARKERS = ("layernorm", "layer_norm", "norm.")
 
 Closure = Callable[[], "Tensor | float"]
+# N per step: a constant, or a function of the number of steps taken so far (see LinearSchedule).
+PerturbationCount = int | Callable[[int], int]
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,12 @@ def _is_exempt_from_decay(name: str, param: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class _Slice:
-    """A view into one trainable parameter, small enough to draw its z in one go."""
+    """A view into one trainable parameter, small enough to draw its z in one go, with the matching views
+    of the optimiser's state tensors for that parameter (momentum, snapshot, ...), by state key."""
 
     param: Tensor
     group: dict[str, Any]
-    momentum_buffer: Tensor | None
+    buffers: dict[str, Tensor]
 
 
 class _Direction:
@@ -185,7 +190,224 @@ def _loss_value(loss: Tensor | float) -> float:
     return float(loss)
 
 
-class ZerothOrderSGD(torch.optim.Optimizer):
+@dataclass(frozen=True)
+class LinearSchedule:
+    """A number of perturbations per step that moves linearly from ``start`` at step 0 to ``end`` at step
+    ``steps - 1`` (and stays there), rounded to the nearest integer.
+
+    Growing N over a run spends few forward passes early, while the gradient is large against the
+    estimator's noise, and more late, when it is small and a one-direction estimate is mostly noise.
+    Pass it as ``n_perturbations``: the optimiser calls it with the number of steps it has taken, which
+    its state dict keeps, so a resumed run continues the schedule.
+    """
+
+    start: int
+    end: int
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.start < 1 or self.end < 1:
+            raise ValueError(f"a perturbation schedule needs start and end >= 1, got {self.start} and {self.end}")
+        if self.steps < 1:
+            raise ValueError(f"a perturbation schedule needs steps >= 1, got {self.steps}")
+
+    def __call__(self, step: int) -> int:
+        fraction = min(step, self.steps - 1) / max(self.steps - 1, 1)
+        return self.start + math.floor((self.end - self.start) * fraction + 0.5)
+
+
+class _ZerothOrderOptimizer(torch.optim.Optimizer):
+    """What the zeroth-order optimisers share: per-perturbation seeds, z reproduced from them, two-point
+    losses with guaranteed restoration, the fused restore-and-update, and a count of the steps taken.
+
+    Subclasses define ``step`` and, through :meth:`_buffers`, the per-parameter state tensors that their
+    slices carry alongside the parameter views.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        eps: float,
+        n_perturbations: PerturbationCount,
+        seed: int,
+        max_chunk_numel: int,
+        cache_z: bool,
+    ) -> None:
+        _check_hyperparameters(eps=eps, max_chunk_numel=max_chunk_numel)
+        if not callable(n_perturbations):
+            _check_hyperparameters(n_perturbations=n_perturbations)
+        super().__init__(params, defaults)
+        self.eps = eps
+        self.n_perturbations = n_perturbations
+        self.max_chunk_numel = max_chunk_numel
+        self.cache_z = cache_z
+        # Steps that applied an update; drives n_perturbations schedules (and the SVRG snapshot period).
+        self.steps_taken = 0
+        self._seed_generator = torch.Generator().manual_seed(seed)
+        self._z_generators: dict[torch.device, torch.Generator] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The torch optimiser state (per-parameter buffers, groups), the seed generator's state and the
+        number of steps taken."""
+        state = super().state_dict()
+        state[_SEED_GENERATOR_KEY] = self._seed_generator.get_state()
+        state[_STEPS_KEY] = self.steps_taken
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, so that the following steps draw the same seeds."""
+        state_dict = dict(state_dict)
+        if _SEED_GENERATOR_KEY not in state_dict:
+            raise ValueError(
+                f"not a {type(self).__name__} state dict: it has no {_SEED_GENERATOR_KEY!r} entry"
+            )
+        generator_state = state_dict.pop(_SEED_GENERATOR_KEY)
+        # Checkpoints written before the count existed come from runs without schedules: 0 is exact there.
+        steps_taken = state_dict.pop(_STEPS_KEY, 0)
+        super().load_state_dict(state_dict)
+        self._seed_generator.set_state(generator_state.cpu())
+        self.steps_taken = steps_taken
+
+    def _perturbations_this_step(self) -> int:
+        if not callable(self.n_perturbations):
+            return self.n_perturbations
+        count = self.n_perturbations(self.steps_taken)
+        _check_hyperparameters(n_perturbations=count)
+        return count
+
+    def _draw_directions(self, slices: list[_Slice]) -> list[_Direction]:
+        """This step's directions, one seed each from the seed generator (a failed step still uses them up)."""
+        return [
+            _Direction(self._next_seed(), slices, self._z_generators, self.cache_z)
+            for _ in range(self._perturbations_this_step())
+        ]
+
+    def _next_seed(self) -> int:
+        # One draw per seed, as the seed sequence of saved runs was drawn.
+        return int(torch.randint(_SEED_BOUND, (1,), generator=self._seed_generator).item())
+
+    def _trainable_slices(self) -> list[_Slice]:
+        slices: list[_Slice] = []
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.requires_grad:
+                    slices.extend(self._slices_of(param, group))
+        if not slices:
+            raise ValueError(f"{type(self).__name__} has no parameter with requires_grad=True to train")
+        return slices
+
+    def _slices_of(self, param: Tensor, group: dict[str, Any]) -> Iterator[_Slice]:
+        # The tiling depends on the shape only, so the buffers' views line up with the parameter's.
+        buffers = self._buffers(param, group)
+        param_views = _bounded_slices(param, self.max_chunk_numel)
+        buffer_views = [_bounded_slices(buffer, self.max_chunk_numel) for buffer in buffers.values()]
+        return (
+            _Slice(view, group, dict(zip(buffers, views, strict=True)))
+            for view, *views in zip(param_views, *buffer_views, strict=True)
+        )
+
+    def _buffers(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """The state tensors of ``param`` (shaped like it) that the slices carry, by state key."""
+        return {}
+
+    def _state_buffer(self, param: Tensor, key: str) -> Tensor:
+        """``self.state[param][key]``, allocated as zeros on first use."""
+        state = self.state[param]
+        if key not in state:
+            state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state[key]
+
+    def _two_point_losses(
+        self, closure: Closure, direction: _Direction, index: int, restore: bool
+    ) -> tuple[float, float]:
+        """loss+ and loss-. With ``restore=False`` a successful call leaves the parameters at ``p - eps*z``
+        and the update pass restores them on its way: one pass over z fewer (z is the expensive part of
+        a step when many parameters are trained). A failed call always restores them here."""
+        loss_plus = loss_minus = math.nan
+        # The multiple of z currently added to the parameters, undone whatever happens in the closure.
+        applied = 0.0
+        measured = False
+        try:
+            self._perturb(direction, self.eps)
+            applied = self.eps
+            loss_plus = _loss_value(closure())
+            if not math.isfinite(loss_plus):
+                raise NonFiniteLossError(direction.seed, index, loss_plus, loss_minus)
+            self._perturb(direction, -2 * self.eps)
+            applied = -self.eps
+            loss_minus = _loss_value(closure())
+            if not math.isfinite(loss_minus):
+                raise NonFiniteLossError(direction.seed, index, loss_plus, loss_minus)
+            measured = True
+        finally:
+            if applied and (restore or not measured):
+                self._perturb(direction, -applied)
+        return loss_plus, loss_minus
+
+    def _measure(self, closure: Closure, directions: list[_Direction], restore_last: bool) -> list[tuple[float, float]]:
+        """(loss+, loss-) for each direction, the parameters restored between them; the last one leaves
+        them at ``p - eps*z`` unless ``restore_last`` (see ``_two_point_losses``)."""
+        last = len(directions) - 1
+        return [
+            self._two_point_losses(closure, direction, index, restore=restore_last or index != last)
+            for index, direction in enumerate(directions)
+        ]
+
+    @staticmethod
+    def _perturb(direction: _Direction, scale: float) -> None:
+        for piece, z in direction.pairs():
+            piece.param.add_(z, alpha=scale)
+
+    def _update(self, slices: list[_Slice], directions: list[_Direction], grads: list[float]) -> None:
+        """Apply ``p <- p - lr * (mean_i(g_i z_i) + wd * p)``, through the momentum buffer if any.
+
+        The parameters arrive at ``p - eps*z`` of the last direction (see ``_two_point_losses``); its
+        ``+eps*z`` restore rides along with its update. Decay scales the pending ``-eps*z`` too, so the
+        restore is scaled alike: ``(p - eps z)(1 - lr wd) + eps (1 - lr wd) z = p (1 - lr wd)``.
+        """
+        for piece in slices:
+            if "momentum_buffer" in piece.buffers:
+                piece.buffers["momentum_buffer"].mul_(piece.group["momentum"])
+            if piece.group["weight_decay"] > 0:
+                piece.param.mul_(1 - piece.group["lr"] * piece.group["weight_decay"])
+        for index, (direction, grad) in enumerate(zip(directions, grads, strict=True)):
+            weight = grad / len(directions)
+            pending_restore = self.eps if index == len(directions) - 1 else 0.0
+            for piece, z in direction.pairs():
+                restore = pending_restore * (1 - piece.group["lr"] * piece.group["weight_decay"])
+                if "momentum_buffer" in piece.buffers:
+                    piece.buffers["momentum_buffer"].add_(z, alpha=weight)
+                    if restore:
+                        piece.param.add_(z, alpha=restore)
+                else:
+                    piece.param.add_(z, alpha=restore - piece.group["lr"] * weight)
+        for piece in slices:
+            if "momentum_buffer" in piece.buffers:
+                piece.param.add_(piece.buffers["momentum_buffer"], alpha=-piece.group["lr"])
+
+    def _projected_grads(self, measurements: list[tuple[float, float]]) -> list[float]:
+        return [(plus - minus) / (2 * self.eps) for plus, minus in measurements]
+
+
+def _step_stats(
+    measurements: list[tuple[float, float]], grads: list[float], directions: list[_Direction], forward_passes: int
+) -> ZOStepStats:
+    losses_plus = [plus for plus, _ in measurements]
+    losses_minus = [minus for _, minus in measurements]
+    return ZOStepStats(
+        loss_plus=math.fsum(losses_plus) / len(losses_plus),
+        loss_minus=math.fsum(losses_minus) / len(losses_minus),
+        projected_grad=math.fsum(grads) / len(grads),
+        losses_plus=losses_plus,
+        losses_minus=losses_minus,
+        projected_grads=grads,
+        seeds=[direction.seed for direction in directions],
+        forward_passes=forward_passes,
+    )
+
+
+class ZerothOrderSGD(_ZerothOrderOptimizer):
     """MeZO: zeroth-order SGD with the random-seed trick (Malladi et al. 2023, Algorithm 1).
 
     Each :meth:`step` runs ``2 * n_perturbations`` forward passes through ``closure`` and no backward
@@ -218,7 +440,9 @@ class ZerothOrderSGD(torch.optim.Optimizer):
             ``p <- p - lr * (m + weight_decay * p)`` (decay stays out of the buffer). The buffer, in the
             parameters' dtype, costs memory equal to the group's parameters and is allocated only when
             momentum > 0.
-        n_perturbations: number of perturbations N averaged per step.
+        n_perturbations: number of perturbations N averaged per step, or a schedule: a function of the
+            number of steps taken so far (:attr:`steps_taken`, kept by :meth:`state_dict`) that returns
+            N, such as :class:`LinearSchedule`.
         seed: seeds the generator of per-perturbation seeds.
         max_chunk_numel: largest number of elements of z drawn at once.
         cache_z: keep each perturbation's z from its first pass for the later passes instead of
@@ -234,7 +458,7 @@ class ZerothOrderSGD(torch.optim.Optimizer):
     Non-finite losses: if the closure returns NaN or infinity (or raises), the parameters are restored
     at once (up to float rounding, as at the end of every perturbation) and no update is applied; a
     non-finite loss then raises :class:`NonFiniteLossError` (a ``FloatingPointError``), so a training
-    loop cannot miss divergence. The seeds drawn stay drawn.
+    loop cannot miss divergence. The step's seeds stay drawn, and the step is not counted as taken.
     """
 
     def __init__(
@@ -244,19 +468,16 @@ class ZerothOrderSGD(torch.optim.Optimizer):
         eps: float = 1e-3,
         weight_decay: float = 0.0,
         momentum: float = 0.0,
-        n_perturbations: int = 1,
+        n_perturbations: PerturbationCount = 1,
         seed: int = 0,
         max_chunk_numel: int = 2**22,
         cache_z: bool = False,
     ) -> None:
-        _check_hyperparameters(lr, eps, weight_decay, momentum, n_perturbations, max_chunk_numel)
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
-        self.eps = eps
-        self.n_perturbations = n_perturbations
-        self.max_chunk_numel = max_chunk_numel
-        self.cache_z = cache_z
-        self._seed_generator = torch.Generator().manual_seed(seed)
-        self._z_generators: dict[torch.device, torch.Generator] = {}
+        _check_hyperparameters(lr=lr, weight_decay=weight_decay, momentum=momentum)
+        super().__init__(
+            params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum},
+            eps=eps, n_perturbations=n_perturbations, seed=seed, max_chunk_numel=max_chunk_numel, cache_z=cache_z,
+        )
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> ZOStepStats:  # type: ignore[override]
@@ -267,148 +488,33 @@ class ZerothOrderSGD(torch.optim.Optimizer):
                 "opt.step(lambda: model(**batch).loss): it evaluates the loss at perturbed parameters"
             )
         slices = self._trainable_slices()
-        directions: list[_Direction] = []
-        losses_plus: list[float] = []
-        losses_minus: list[float] = []
-        for index in range(self.n_perturbations):
-            seed = int(torch.randint(_SEED_BOUND, (1,), generator=self._seed_generator).item())
-            direction = _Direction(seed, slices, self._z_generators, self.cache_z)
-            last = index == self.n_perturbations - 1
-            loss_plus, loss_minus = self._two_point_losses(closure, direction, index, restore=not last)
-            directions.append(direction)
-            losses_plus.append(loss_plus)
-            losses_minus.append(loss_minus)
-        grads = [
-            (plus - minus) / (2 * self.eps) for plus, minus in zip(losses_plus, losses_minus, strict=True)
-        ]
+        directions = self._draw_directions(slices)
+        measurements = self._measure(closure, directions, restore_last=False)
+        grads = self._projected_grads(measurements)
         self._update(slices, directions, grads)
-        return ZOStepStats(
-            loss_plus=math.fsum(losses_plus) / len(losses_plus),
-            loss_minus=math.fsum(losses_minus) / len(losses_minus),
-            projected_grad=math.fsum(grads) / len(grads),
-            losses_plus=losses_plus,
-            losses_minus=losses_minus,
-            projected_grads=grads,
-            seeds=[direction.seed for direction in directions],
-            forward_passes=2 * self.n_perturbations,
-        )
+        self.steps_taken += 1
+        return _step_stats(measurements, grads, directions, forward_passes=2 * len(directions))
 
-    def state_dict(self) -> dict[str, Any]:
-        """The torch optimiser state (momentum buffers, groups) plus the seed generator's state."""
-        state = super().state_dict()
-        state[_SEED_GENERATOR_KEY] = self._seed_generator.get_state()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`, so that the following steps draw the same seeds."""
-        state_dict = dict(state_dict)
-        if _SEED_GENERATOR_KEY not in state_dict:
-            raise ValueError(f"not a ZerothOrderSGD state dict: it has no {_SEED_GENERATOR_KEY!r} entry")
-        generator_state = state_dict.pop(_SEED_GENERATOR_KEY)
-        super().load_state_dict(state_dict)
-        self._seed_generator.set_state(generator_state.cpu())
-
-    def _trainable_slices(self) -> list[_Slice]:
-        slices: list[_Slice] = []
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.requires_grad:
-                    slices.extend(self._slices_of(param, group))
-        if not slices:
-            raise ValueError("ZerothOrderSGD has no parameter with requires_grad=True to train")
-        return slices
-
-    def _slices_of(self, param: Tensor, group: dict[str, Any]) -> Iterator[_Slice]:
-        param_views = _bounded_slices(param, self.max_chunk_numel)
-        buffer = self._momentum_buffer(param, group)
-        if buffer is None:
-            return (_Slice(view, group, None) for view in param_views)
-        buffer_views = _bounded_slices(buffer, self.max_chunk_numel)
-        return (
-            _Slice(view, group, buffer_view)
-            for view, buffer_view in zip(param_views, buffer_views, strict=True)
-        )
-
-    def _momentum_buffer(self, param: Tensor, group: dict[str, Any]) -> Tensor | None:
+    def _buffers(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         if group["momentum"] == 0:
-            return None
-        state = self.state[param]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        return state["momentum_buffer"]
-
-    def _two_point_losses(
-        self, closure: Closure, direction: _Direction, index: int, restore: bool
-    ) -> tuple[float, float]:
-        """loss+ and loss-. With ``restore=False`` a successful call leaves the parameters at ``p - eps*z``
-        and the update pass restores them on its way: one pass over z fewer (z is the expensive part of
-        a step when many parameters are trained). A failed call always restores them here."""
-        loss_plus = loss_minus = math.nan
-        # The multiple of z currently added to the parameters, undone whatever happens in the closure.
-        applied = 0.0
-        measured = False
-        try:
-            self._perturb(direction, self.eps)
-            applied = self.eps
-            loss_plus = _loss_value(closure())
-            if not math.isfinite(loss_plus):
-                raise NonFiniteLossError(direction.seed, index, loss_plus, loss_minus)
-            self._perturb(direction, -2 * self.eps)
-            applied = -self.eps
-            loss_minus = _loss_value(closure())
-            if not math.isfinite(loss_minus):
-                raise NonFiniteLossError(direction.seed, index, loss_plus, loss_minus)
-            measured = True
-        finally:
-            if applied and (restore or not measured):
-                self._perturb(direction, -applied)
-        return loss_plus, loss_minus
-
-    @staticmethod
-    def _perturb(direction: _Direction, scale: float) -> None:
-        for piece, z in direction.pairs():
-            piece.param.add_(z, alpha=scale)
-
-    def _update(self, slices: list[_Slice], directions: list[_Direction], grads: list[float]) -> None:
-        """Apply ``p <- p - lr * (mean_i(g_i z_i) + wd * p)``, through the momentum buffer if any.
-
-        The parameters arrive at ``p - eps*z`` of the last direction (see ``_two_point_losses``); its
-        ``+eps*z`` restore rides along with its update. Decay scales the pending ``-eps*z`` too, so the
-        restore is scaled alike: ``(p - eps z)(1 - lr wd) + eps (1 - lr wd) z = p (1 - lr wd)``.
-        """
-        for piece in slices:
-            if piece.momentum_buffer is not None:
-                piece.momentum_buffer.mul_(piece.group["momentum"])
-            if piece.group["weight_decay"] > 0:
-                piece.param.mul_(1 - piece.group["lr"] * piece.group["weight_decay"])
-        for index, (direction, grad) in enumerate(zip(directions, grads, strict=True)):
-            weight = grad / len(directions)
-            pending_restore = self.eps if index == len(directions) - 1 else 0.0
-            for piece, z in direction.pairs():
-                restore = pending_restore * (1 - piece.group["lr"] * piece.group["weight_decay"])
-                if piece.momentum_buffer is not None:
-                    piece.momentum_buffer.add_(z, alpha=weight)
-                    if restore:
-                        piece.param.add_(z, alpha=restore)
-                else:
-                    piece.param.add_(z, alpha=restore - piece.group["lr"] * weight)
-        for piece in slices:
-            if piece.momentum_buffer is not None:
-                piece.param.add_(piece.momentum_buffer, alpha=-piece.group["lr"])
+            return {}
+        return {"momentum_buffer": self._state_buffer(param, "momentum_buffer")}
 
 
-def _check_hyperparameters(
-    lr: float, eps: float, weight_decay: float, momentum: float, n_perturbations: int, max_chunk_numel: int
-) -> None:
-    if lr < 0:
-        raise ValueError(f"lr must be >= 0, got {lr}")
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if n_perturbations < 1:
-        raise ValueError(f"n_perturbations must be >= 1, got {n_perturbations}")
-    if max_chunk_numel < 1:
-        raise ValueError(f"max_chunk_numel must be >= 1, got {max_chunk_numel}")
+_HYPERPARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda value: value >= 0, ">= 0"),
+    "lr_full": (lambda value: value is None or value >= 0, ">= 0 (or None)"),
+    "eps": (lambda value: value > 0, "> 0"),
+    "weight_decay": (lambda value: value >= 0, ">= 0"),
+    "momentum": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "n_perturbations": (lambda value: value >= 1, ">= 1"),
+    "max_chunk_numel": (lambda value: value >= 1, ">= 1"),
+    "q": (lambda value: value >= 1, ">= 1"),
+}
+
+
+def _check_hyperparameters(**values: Any) -> None:
+    for name, value in values.items():
+        valid, rule = _HYPERPARAMETER_RULES[name]
+        if not valid(value):
+            raise ValueError(f"{name} must be {rule}, got {value}")

@@ -1,0 +1,100 @@
+"""Method mezo with MeZO-SVRG and n-SPSA schedules, through the real CLI on a tiny BERT and a slice of MRPC."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zoft.cli import main
+from zoft.train import Trainer
+
+TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
+
+
+def train_records(run):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "train"]
+
+
+# tiny_run_args: 6 steps of one micro-batch of 8 examples, from 64 training examples (8 micro-batches).
+@pytest.mark.parametrize(
+    ("svrg_batches", "forwards", "examples_seen"),
+    [
+        # snapshots at steps 1 and 4: the step's micro-batch and 2 more from the stream, 2 forwards each;
+        # the other steps 4 forwards (the minibatch at the parameters and at the snapshot, each at +-eps z)
+        (3, [6, 10, 14, 20, 24, 28], [24, 32, 40, 64, 72, 80]),
+        # the whole split, 8 micro-batches in order, outside the stream: 16 forwards a snapshot
+        (0, [16, 20, 24, 40, 44, 48], [8, 16, 24, 32, 40, 48]),
+    ],
+    ids=["stream", "whole-split"],
+)
+def test_svrg_counts_the_snapshot_forwards_as_training(tmp_path, tiny_run_args, svrg_batches, forwards,
+                                                        examples_seen):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--method", "mezo", "--zo-estimator", "svrg", "--svrg-every", "3",
+                 "--svrg-batches", str(svrg_batches), "--svrg-lr-full", "1e-3", *tiny_run_args]) == 0
+    records = train_records(run)
+    assert [r["forward_passes"] for r in records] == forwards
+    assert [r["examples_seen"] for r in records] == examples_seen
+    assert [r["snapshot"] for r in records] == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert all("projected_grad_at_snapshot" in r for r in records if not r["snapshot"])
+    assert all(r["backward_passes"] == 0 and r["loss"] == pytest.approx((r["loss_plus"] + r["loss_minus"]) / 2)
+               for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["passes"] == {"forward": forwards[-1], "backward": 0}
+
+
+def test_the_perturbation_schedule_sets_the_forwards_per_step(tmp_path, tiny_run_args):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--method", "mezo", "--n-perturbations-final", "3",
+                 *tiny_run_args]) == 0
+    # N grows linearly from 1 to 3 over the 6 steps: 1, 1, 2, 2, 3, 3 directions, 2 forwards each.
+    assert [r["forward_passes"] for r in train_records(run)] == [2, 4, 8, 12, 18, 24]
+
+
+def test_a_stopped_svrg_run_with_a_schedule_resumes_bit_exactly(tmp_path, tiny_run_args, monkeypatch):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    args = [*tiny_run_args, "--method", "mezo", "--zo-estimator", "svrg", "--svrg-every", "3", "--svrg-batches", "2",
+            "--n-perturbations-final", "2", "--checkpoint-every", "0"]
+    assert main(["train", "--out", str(straight), *args]) == 0
+
+    original_step = Trainer.train_step
+
+    def press_ctrl_c_at_step_5(self):  # between snapshots: the resumed steps need θ̄, g and the step count
+        record = original_step(self)
+        if record["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return record
+
+    monkeypatch.setattr(Trainer, "train_step", press_ctrl_c_at_step_5)
+    assert main(["train", "--out", str(stopped), *args]) == 130
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    assert main(["train", "--out", str(stopped), "--resume", "--quiet"]) == 0
+
+    def without_timings(records):
+        return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+    assert without_timings(train_records(stopped)) == without_timings(train_records(straight))
+    straight_params = load_file(straight / "checkpoint" / "trainable.safetensors")
+    stopped_params = load_file(stopped / "checkpoint" / "trainable.safetensors")
+    assert all(torch.equal(straight_params[k], stopped_params[k]) for k in straight_params)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--method", "lora", "--zo-estimator", "svrg"], "mezo only"),
+        (["--method", "mezo", "--zo-estimator", "svrg", "--momentum", "0.9"], "no momentum"),
+        (["--method", "mezo", "--zo-estimator", "svrg", "--grad-accumulation", "4", "--svrg-batches", "2"],
+         "at least"),
+        (["--method", "mezo", "--svrg-every", "0"], "svrg_every"),
+        (["--method", "mezo", "--n-perturbations-final", "0"], "n_perturbations_final"),
+    ],
+)
+def test_svrg_settings_that_cannot_work_are_refused(tmp_path, capsys, options, message):
+    assert main(["train", "--out", str(tmp_path / "run"), *options]) != 0
+    assert message in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""zoft's linear head on pooled features: pooling, separate pair encoding, saving and reloading."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from zoft.cli import main
+from zoft.config import DataConfig
+from zoft.data.batches import collate, encode
+from zoft.data.sources import Examples
+from zoft.data.splits import load_task_data
+from zoft.evaluate import SplitResult
+from zoft.heads import PooledClassifier
+
+PAIRS = Examples([("the cat sat on the mat", "a cat was sitting"), ("stocks fell sharply today", "rain")], [1, 0])
+
+
+@pytest.fixture
+def tokenizer(tiny_bert):
+    return AutoTokenizer.from_pretrained(tiny_bert)
+
+
+def pooled(tiny_bert, pooling="mean", separate=True) -> PooledClassifier:
+    torch.manual_seed(0)
+    return PooledClassifier(AutoModel.from_pretrained(tiny_bert), 2, pooling, separate).eval()
+
+
+def test_mean_pooling_ignores_padding(tiny_bert, tokenizer):
+    model = pooled(tiny_bert, separate=False)
+    alone = [encode(Examples([text], [0]), tokenizer, 32) for text in (("short",), ("a much longer sentence here",))]
+    together = collate(alone[0].features + alone[1].features, tokenizer)
+    with torch.no_grad():
+        batched = model.features(**{k: v for k, v in together.items() if k != "labels"})
+        single = model.features(**{k: v for k, v in collate(alone[0].features, tokenizer).items() if k != "labels"})
+    torch.testing.assert_close(batched[0], single[0], rtol=1e-5, atol=1e-6)
+
+
+def test_separate_pairs_give_u_v_difference_and_product(tiny_bert, tokenizer):
+    model = pooled(tiny_bert)
+    batch = collate(encode(PAIRS, tokenizer, 32, separate_pairs=True).features, tokenizer)
+    assert {"input_ids_b", "attention_mask_b"} <= batch.keys()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        features = model.features(**inputs)
+        u = model.pool(batch["input_ids"], batch["attention_mask"], token_type_ids=batch["token_type_ids"])
+        v = model.pool(batch["input_ids_b"], batch["attention_mask_b"], token_type_ids=batch["token_type_ids_b"])
+    torch.testing.assert_close(features, torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+    assert model.head.in_features == 4 * model.config.hidden_size
+
+
+def test_cli_trains_and_saves_a_pooled_lora_model_that_reloads(tmp_path, tiny_run_args, tiny_bert, real_glue):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--method", "lora", "--pooling", "mean", "--pair-encoding", "separate",
+                 *tiny_run_args]) == 0
+    assert (run / "model" / "backbone" / "adapter_config.json").is_file()
+    model = PooledClassifier.from_pretrained(run / "model", tiny_bert).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    test = load_task_data(DataConfig(data_dir=str(real_glue), train_limit=64, validation_fraction=0.02),
+                          seed=42).splits["test"]
+    batch = collate(encode(test, tokenizer, 64, separate_pairs=True).features, tokenizer)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    recorded = [json.loads(line) for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
+    result = SplitResult(metrics={}, logits=logits, labels=batch["labels"])
+    assert result.predictions.tolist() == [row["prediction"] for row in recorded]
+    torch.testing.assert_close(logits, torch.tensor([row["logits"] for row in recorded]), rtol=1e-4, atol=1e-5)
+
+
+def test_separate_pair_encoding_needs_a_pooled_head(tmp_path, tiny_run_args, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), "--pair-encoding", "separate", *tiny_run_args]) == 2
+    assert "needs pooling cls or mean" in capsys.readouterr().err

@@ -1,0 +1,388 @@
+"""Prompt-based fine-tuning: templates, label words read at the mask, training through the CLI, reloading."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from zoft.cli import build_parser, main
+from zoft.config import ModelConfig, build_config
+from zoft.data.batches import collate, encode
+from zoft.data.sources import Examples
+from zoft.data.splits import load_task_data
+from zoft.data.tasks import get_task
+from zoft.errors import ZoftError
+from zoft.evaluate import evaluate_split
+from zoft.models import add_lora, input_format
+from zoft.prompt import DEFAULT_TEMPLATES, PromptClassifier, Template, lm_head, task_template
+from zoft.runs import RunFolder
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+LABEL_WORDS = ("great", "terrible", "Yes", "No", "Maybe", "correct", "incorrect")
+SST2 = Examples([("a gripping , funny film",), ("dull",), ("the plot is thin and the acting is worse",)], [1, 0, 0])
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    """A 2-layer RobertaForMaskedLM with random weights and a byte-level BPE tokenizer.
+
+    No BPE vocabulary (vocab.json + merges.txt) is installed in the venv, so the tokenizer is trained here
+    with the `tokenizers` library on a few sentences that hold the label words, and wrapped in
+    transformers' RobertaTokenizer (the fast, tokenizers-backed one in transformers 5).
+    """
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    corpus = [f"so. It was {word}. This is {word}, {word}? {word}" for word in LABEL_WORDS] * 20
+    corpus += ["a gripping, funny film", "dull", "the plot is thin and the acting is worse", "A man sleeps."] * 5
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=600, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    trained = json.loads(bpe.to_str())["model"]
+    tokenizer = RobertaTokenizer(vocab=trained["vocab"], merges=[tuple(merge) for merge in trained["merges"]])
+    config = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **TINY)
+    torch.manual_seed(0)
+    RobertaForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_mlm(tmp_path_factory, minilm_path) -> Path:
+    """A 2-layer BertForMaskedLM with random weights and MiniLM's uncased WordPiece tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-bert-mlm")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **TINY)).save_pretrained(
+        folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tokens(tokenizer, feature: dict) -> list[str]:
+    return tokenizer.convert_ids_to_tokens(feature["input_ids"])
+
+
+def prompt_model(folder: Path, template: Template) -> tuple[PromptClassifier, object]:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    masked_lm = AutoModelForMaskedLM.from_pretrained(folder)
+    model = PromptClassifier(masked_lm, template, template.label_token_ids(tokenizer), tokenizer.mask_token_id)
+    return model.eval(), tokenizer
+
+
+def label_logits_at_mask(masked_lm, batch: dict, mask_id: int, label_ids: list[int]) -> torch.Tensor:
+    """What the prompt model should output: the plain MLM forward's logits of the label words at the mask."""
+    rows, positions = (batch["input_ids"] == mask_id).nonzero(as_tuple=True)
+    with torch.no_grad():
+        logits = masked_lm(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return logits[rows, positions][:, label_ids]
+
+
+# -- templates -------------------------------------------------------------------------------------------
+
+
+def test_sst2_renders_like_lm_bff_in_bpe_and_wordpiece(tiny_roberta, tiny_bert_mlm):
+    roberta = AutoTokenizer.from_pretrained(tiny_roberta)
+    feature = DEFAULT_TEMPLATES["sst2"].encode(SST2, roberta, 64)[1]
+    assert tokens(roberta, feature) == ["<s>", *roberta.tokenize("dull"), "ĠIt", "Ġwas", "<mask>", ".", "</s>"]
+    assert set(feature) == {"input_ids", "attention_mask", "labels"} and feature["labels"] == 0
+
+    bert = AutoTokenizer.from_pretrained(tiny_bert_mlm)
+    feature = DEFAULT_TEMPLATES["sst2"].encode(SST2, bert, 64)[1]
+    assert tokens(bert, feature) == ["[CLS]", "dull", "it", "was", "[MASK]", ".", "[SEP]"]
+    assert feature["token_type_ids"] == [0] * 7 and feature["attention_mask"] == [1] * 7
+
+
+def test_pair_templates_render_both_sentences_around_the_mask(tiny_roberta):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_roberta)
+    pair = Examples([("A man sleeps.", "A man is asleep.")], [0])
+    mrpc = DEFAULT_TEMPLATES["mrpc"].encode(pair, tokenizer, 64)[0]
+    assert tokenizer.decode(mrpc["input_ids"]) == "<s>A man sleeps.<mask>, A man is asleep.</s>"
+    rte = DEFAULT_TEMPLATES["rte"].encode(pair, tokenizer, 64)[0]
+    assert tokenizer.decode(rte["input_ids"]) == "<s>A man sleeps.?<mask>, A man is asleep.</s>"
+
+
+def test_label_words_are_single_tokens_with_a_leading_space(tiny_roberta, tiny_bert_mlm):
+    roberta = AutoTokenizer.from_pretrained(tiny_roberta)
+    ids = DEFAULT_TEMPLATES["mnli"].label_token_ids(roberta)
+    assert roberta.convert_ids_to_tokens(ids) == ["ĠNo", "ĠYes", "ĠMaybe"]
+    bert = AutoTokenizer.from_pretrained(tiny_bert_mlm)
+    assert bert.convert_ids_to_tokens(DEFAULT_TEMPLATES["mnli"].label_token_ids(bert)) == ["no", "yes", "maybe"]
+
+
+@pytest.mark.parametrize("words", [("terrible", "supercalifragilistic"), ("great", "xqzxqzxqz")])
+def test_a_label_word_that_is_not_one_token_is_named(tiny_roberta, tiny_bert_mlm, words):
+    for folder in (tiny_roberta, tiny_bert_mlm):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with pytest.raises(ZoftError, match=f"'label_words': '{words[1]}' is not a single token"):
+            Template("{s1} It was {mask}.", words).encode(SST2, tokenizer, 64)
+
+
+def test_label_words_that_collide_after_lower_casing_are_refused(tiny_bert_mlm):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
+    with pytest.raises(ZoftError, match="not distinct"):
+        Template("{s1} {mask}", ("Yes", "yes")).label_token_ids(tokenizer)
+
+
+def test_truncation_cuts_the_longest_sentence_and_keeps_template_and_mask(tiny_bert_mlm):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
+    long, short = " ".join(["word"] * 50), "a short one"
+    feature = DEFAULT_TEMPLATES["rte"].encode(Examples([(long, short)], [0]), tokenizer, 16)[0]
+    assert len(feature["input_ids"]) == 16
+    assert tokens(tokenizer, feature) == ["[CLS]", *["word"] * 8, "?", "[MASK]", ",", "a", "short", "one", "[SEP]"]
+    sst2 = DEFAULT_TEMPLATES["sst2"].encode(Examples([(long,)], [1]), tokenizer, 10)[0]
+    assert tokens(tokenizer, sst2)[-5:] == ["it", "was", "[MASK]", ".", "[SEP]"] and len(sst2["input_ids"]) == 10
+    with pytest.raises(ZoftError, match="'max_length': 5 tokens cannot hold the template"):
+        DEFAULT_TEMPLATES["sst2"].encode(Examples([(long,)], [1]), tokenizer, 5)
+
+
+def test_a_sentence_holding_the_mask_token_is_refused(tiny_bert_mlm):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
+    with pytest.raises(ZoftError, match="example 1: its text contains the mask token"):
+        DEFAULT_TEMPLATES["sst2"].encode(Examples([("fine",), ("a [MASK] here",)], [0, 1]), tokenizer, 64)
+
+
+def test_encode_takes_the_template_from_input_format(tiny_bert_mlm):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
+    fmt = input_format(ModelConfig(head="prompt"), get_task("sst2"))
+    encoded = encode(SST2, tokenizer, 64, **fmt)
+    assert encoded.labels == [1, 0, 0]
+    assert all(feature["input_ids"].count(tokenizer.mask_token_id) == 1 for feature in encoded.features)
+
+
+# -- task_template ---------------------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_task_label_order():
+    assert task_template(ModelConfig(head="prompt"), get_task("rte")).label_words == ("Yes", "No")
+    assert task_template(ModelConfig(head="prompt"), get_task("mnli")).label_words == ("No", "Yes", "Maybe")
+    assert task_template(ModelConfig(head="prompt"), get_task("cola")).label_words == ("incorrect", "correct")
+    mine = task_template(ModelConfig(head="prompt", template="{mask} : {s1}", label_words=["bad", "good"]),
+                         get_task("sst2"))
+    assert mine == Template("{mask} : {s1}", ("bad", "good"))
+
+
+@pytest.mark.parametrize(("task", "template", "words", "message"), [
+    ("sst2", "{s1} It was.", None, r"'template': .* has \{mask\} 0 times"),
+    ("sst2", "{s1} {mask}, {s2}", None, r"'template': .* has \{s2\} 1 times; task sst2 \(a single-sentence task\)"),
+    ("mrpc", "{s1} {mask}", None, r"'template': .* has \{s2\} 0 times; task mrpc \(a pair task\) needs it 1 times"),
+    ("sst2", "{s1} {x} {mask}", None, r"'template': unknown placeholder \{x\}"),
+    ("sst2", None, ["bad", "good", "fine"], r"'label_words': task sst2 has 2 labels \(0, 1\), got 3 words"),
+    ("stsb", None, None, "stsb is a regression task"),
+])
+def test_task_template_refuses_what_does_not_fit(task, template, words, message):
+    with pytest.raises(ZoftError, match=message):
+        task_template(ModelConfig(head="prompt", template=template, label_words=words), get_task(task))
+
+
+# -- the model -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["tiny_roberta", "tiny_bert_mlm"])
+def test_logits_are_the_label_word_logits_at_the_mask(request, fixture):
+    model, tokenizer = prompt_model(request.getfixturevalue(fixture), DEFAULT_TEMPLATES["sst2"])
+    batch = collate(DEFAULT_TEMPLATES["sst2"].encode(SST2, tokenizer, 64), tokenizer)
+    assert len(set((batch["input_ids"] == tokenizer.mask_token_id).nonzero()[:, 1].tolist())) == 3  # padded apart
+    with torch.no_grad():
+        output = model(**batch)
+    expected = label_logits_at_mask(model.backbone, batch, tokenizer.mask_token_id, model.label_token_ids.tolist())
+    assert output.logits.shape == (3, 2)
+    torch.testing.assert_close(output.logits, expected)
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(expected, batch["labels"]))
+
+
+def test_moving_the_mask_moves_the_position_read(tiny_roberta):
+    words = ("terrible", "great")
+    outputs = {}
+    for text in ("{s1} It was {mask}.", "{mask}: {s1}"):
+        model, tokenizer = prompt_model(tiny_roberta, Template(text, words))
+        batch = collate(Template(text, words).encode(SST2, tokenizer, 64), tokenizer)
+        with torch.no_grad():
+            outputs[text] = model(**batch).logits
+        expected = label_logits_at_mask(model.backbone, batch, tokenizer.mask_token_id, model.label_token_ids.tolist())
+        torch.testing.assert_close(outputs[text], expected)
+        positions = (batch["input_ids"] == tokenizer.mask_token_id).nonzero()[:, 1]
+        assert bool((positions == 1).all()) is text.startswith("{mask}")
+    assert not torch.allclose(*outputs.values())
+
+
+def test_a_head_of_several_modules_takes_the_full_forward(tiny_bert_mlm):
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
+    torch.manual_seed(0)
+    masked_lm = DistilBertForMaskedLM(DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2,
+                                                       hidden_dim=64, max_position_embeddings=128)).eval()
+    assert lm_head(masked_lm) is None
+    template = DEFAULT_TEMPLATES["sst2"]
+    model = PromptClassifier(masked_lm, template, template.label_token_ids(tokenizer), tokenizer.mask_token_id)
+    batch = collate(template.encode(SST2, tokenizer, 64), tokenizer)
+    batch.pop("token_type_ids")  # DistilBERT takes none
+    with torch.no_grad():
+        logits = model(**batch).logits
+    torch.testing.assert_close(logits, label_logits_at_mask(masked_lm, batch, tokenizer.mask_token_id,
+                                                            model.label_token_ids.tolist()))
+
+
+def test_backprop_memorises_a_few_examples(tiny_bert_mlm):
+    model, tokenizer = prompt_model(tiny_bert_mlm, DEFAULT_TEMPLATES["sst2"])
+    batch = collate(DEFAULT_TEMPLATES["sst2"].encode(SST2, tokenizer, 64), tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    model.train()
+    losses = []
+    for _ in range(30):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_save_and_reload_reproduce_the_logits(tiny_bert_mlm, tmp_path, lora):
+    model, tokenizer = prompt_model(tiny_bert_mlm, DEFAULT_TEMPLATES["sst2"])
+    if lora:
+        model = add_lora(model, ModelConfig(lora_r=4))
+    torch.manual_seed(1)
+    with torch.no_grad():  # trained-looking weights: LoRA's B starts at zero, which would hide a lost adapter
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and (not lora or "lora_B" in name):
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / ("adapter_config.json" if lora else "model.safetensors")).is_file()
+    reloaded = PromptClassifier.from_pretrained(tmp_path, tiny_bert_mlm).eval()
+    batch = collate(DEFAULT_TEMPLATES["sst2"].encode(SST2, tokenizer, 64), tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model.eval()(**batch).logits)
+    assert json.loads((tmp_path / "zoft_prompt.json").read_text())["label_words"] == ["terrible", "great"]
+
+
+# -- through the CLI -------------------------------------------------------------------------------------
+
+
+def train_sst2_prompt(out: Path, model: Path, glue: Path, *options: str) -> int:
+    return main(["train", "--model", str(model), "--data-dir", str(glue), "--task", "sst2", "--head", "prompt",
+                 "--train-limit", "64", "--validation-fraction", "0.002", "--steps", "6", "--eval-every", "3",
+                 "--log-every", "1", "--batch-size", "8", "--max-length", "64", "--quiet", "--out", str(out), *options])
+
+
+def assert_reload_reproduces_test_predictions(run: Path, base_model: Path) -> None:
+    config = RunFolder(run).read_config()
+    data = load_task_data(config.data, seed=config.train.seed)
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    encoded = encode(data.splits["test"], tokenizer, config.data.max_length, **input_format(config.model, data.task))
+    model = PromptClassifier.from_pretrained(run / "model", base_model)
+    result = evaluate_split(model, encoded, tokenizer, data.task, 64, torch.device("cpu"))
+    saved = [json.loads(line) for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert result.predictions.tolist() == [row["prediction"] for row in saved]
+    torch.testing.assert_close(result.logits, torch.tensor([row["logits"] for row in saved]))
+
+
+def trained_tensors(run: Path) -> dict[str, torch.Tensor]:
+    """The trainable tensors at the end of the run, by name (the loop's resumable checkpoint)."""
+    from safetensors.torch import load_file
+
+    return load_file(run / "checkpoint" / "trainable.safetensors")
+
+
+def test_lora_trains_the_adapters_through_the_prompt(tmp_path, tiny_bert_mlm, real_glue, capsys):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    # A high rate: the tiny random model must change its validation predictions, so that model/ holds
+    # trained adapters (a later best step) and the reload below checks them, not LoRA's zero start.
+    assert train_sst2_prompt(run, tiny_bert_mlm, real_glue, "--method", "lora", "--lr", "3e-2") == 0, \
+        capsys.readouterr().err
+    summary = RunFolder(run).read_summary()
+    assert summary["status"] == "completed" and summary["passes"]["backward"] == 6
+    assert summary["best"]["step"] > 0
+    losses = [r["loss"] for r in RunFolder(run).read_metrics() if r["kind"] == "train"]
+    assert len(losses) == 6 and all(0 < loss < 10 for loss in losses)
+    assert trained_tensors(run) and all("lora_" in name for name in trained_tensors(run))
+    adapter = load_file(run / "model" / "adapter_model.safetensors")
+    assert summary["parameters"]["trainable"] == sum(t.numel() for t in adapter.values())
+    assert_reload_reproduces_test_predictions(run, tiny_bert_mlm)
+
+
+@pytest.mark.parametrize(("params", "lr"), [("lora", "1e-2"), ("all", "1e-3")])
+def test_mezo_trains_through_the_prompt_with_forward_passes_only(tmp_path, tiny_bert_mlm, real_glue, capsys,
+                                                                 params, lr):
+    run = tmp_path / "run"
+    options = ["--method", "mezo", "--params", params, "--lr", lr]
+    assert train_sst2_prompt(run, tiny_bert_mlm, real_glue, *options) == 0, capsys.readouterr().err
+    summary = RunFolder(run).read_summary()
+    assert summary["status"] == "completed" and summary["passes"] == {"forward": 12, "backward": 0}
+    train = [r for r in RunFolder(run).read_metrics() if r["kind"] == "train"]
+    assert len(train) == 6 and all(r["loss_plus"] > 0 and r["loss_minus"] > 0 for r in train)
+    tensors = trained_tensors(run)
+    if params == "lora":
+        assert all("lora_" in name for name in tensors)
+        assert any(t.abs().sum() > 0 for name, t in tensors.items() if "lora_B" in name)  # moved off zero
+    else:
+        assert summary["parameters"]["trainable"] == summary["parameters"]["total"]
+        assert summary["best"]["step"] > 0 and (run / "model" / "model.safetensors").is_file()
+    assert_reload_reproduces_test_predictions(run, tiny_bert_mlm)
+
+
+def test_a_model_without_a_masked_lm_head_is_a_one_line_error(tmp_path, real_glue, capsys):
+    code = main(["train", "--model", "minilm", "--head", "prompt", "--task", "sst2", "--data-dir", str(real_glue),
+                 "--train-limit", "64", "--validation-fraction", "0.002", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("zoft: error: head=prompt needs a model with a masked-LM head")
+    assert "'minilm' has none" in err and "roberta-large" in err
+
+
+# -- the Table 18 benchmark script -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def table18():
+    spec = importlib.util.spec_from_file_location("mezo_table18", REPO / "benchmarks" / "mezo_table18.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table18_script_parses_its_arguments(table18, capsys):
+    with pytest.raises(SystemExit) as stop:
+        table18.parse_args(["--help"])
+    assert stop.value.code == 0 and "--steps" in capsys.readouterr().out
+    args = table18.parse_args(["--seeds", "13", "--steps", "200"])
+    assert args.seeds == [13] and args.steps == 200
+
+
+def test_table18_commands_are_valid_zoft_train_commands(table18, tmp_path):
+    args = table18.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "runs")])
+    assert args.seeds == [13, 21, 42, 87, 100]
+    for seed in args.seeds:
+        config = build_config(overrides=table18.train_overrides(args, seed))
+        assert (config.model.model, config.model.head, config.data.task) == ("roberta-large", "prompt", "sst2")
+        assert (config.data.k_shot, config.train.seed, config.train.batch_size) == (16, seed, 64)
+        assert (config.method.method, config.method.params, config.method.lr, config.method.eps) == (
+            "mezo", "all", 1e-6, 1e-3)
+        assert (config.method.schedule, config.method.weight_decay) == ("constant", 0.0)
+        argv = table18.train_argv(args, seed)
+        assert argv[:3] == ["train", "--out", str(tmp_path / "runs" / f"seed{seed}")]
+        assert build_parser().parse_args(argv).command == "train"
+
+
+def test_table18_fails_fast_without_a_gpu_or_the_model(table18, monkeypatch, real_glue):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        table18.main(["--data-dir", str(real_glue)])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("zoft.models._in_hub_cache", lambda name: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match=r"cannot reach the Hugging Face hub .* to download the model 'roberta-large'"):
+        table18.main(["--data-dir", str(real_glue)])
