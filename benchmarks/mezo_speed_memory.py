@@ -141,6 +141,7 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     device = pick_device(args.device)
     if args.memory_of:
         print(json.dumps({"peak_bytes": measure_peak_memory(args.memory_of, args, device)}))

@@ -284,15 +284,14 @@ def test_large_tensors_draw_z_in_bounded_deterministic_slices(monkeypatch: pytes
         return sum(((p - t) ** 2).sum() for p, t in zip(params, target, strict=True))
 
     drawn_sizes = []
-    original_randn = torch.randn
+    original_normal = torch.Tensor.normal_
 
-    def recording_randn(*args, **kwargs):
-        z = original_randn(*args, **kwargs)
-        drawn_sizes.append(z.numel())
-        return z
+    def recording_normal(tensor: Tensor, *args, **kwargs) -> Tensor:
+        drawn_sizes.append(tensor.numel())
+        return original_normal(tensor, *args, **kwargs)
 
     optimizer = ZerothOrderSGD(params, lr=0.0, max_chunk_numel=12, seed=2)
-    monkeypatch.setattr(torch, "randn", recording_randn)
+    monkeypatch.setattr(torch.Tensor, "normal_", recording_normal)
     stats = optimizer.step(loss)
     monkeypatch.undo()
     assert max(drawn_sizes) == 12

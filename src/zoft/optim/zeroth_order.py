@@ -118,20 +118,48 @@ class _Slice:
     buffers: dict[str, Tensor]
 
 
+class _NormalSource:
+    """Standard-normal draws from one generator per device, written into a reused scratch buffer.
+
+    Drawing into a buffer that already exists (``normal_``) gives the very numbers ``torch.randn`` gives
+    from the same generator state, without allocating and first-touching fresh memory for every slice:
+    on a CPU that is about 40% of the cost of a draw, and the draws dominate a full-parameter step.
+    """
+
+    def __init__(self) -> None:
+        self.generators: dict[torch.device, torch.Generator] = {}
+        self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def reseed(self, devices: Iterable[torch.device], seed: int) -> None:
+        for device in devices:
+            if device not in self.generators:
+                self.generators[device] = torch.Generator(device=device)
+            self.generators[device].manual_seed(seed)
+
+    def draw(self, like: Tensor, keep: bool) -> Tensor:
+        """z shaped like `like`; unless `keep`, it lives in the scratch buffer until the next draw."""
+        generator = self.generators[like.device]
+        if keep:
+            return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        key = (like.device, like.dtype)
+        if key not in self._scratch or self._scratch[key].numel() < like.numel():
+            self._scratch[key] = torch.empty(like.numel(), device=like.device, dtype=like.dtype)
+        return self._scratch[key][: like.numel()].view(like.shape).normal_(generator=generator)
+
+
 class _Direction:
     """The random direction z of one perturbation, reproduced from its seed on every pass.
 
     Each pass reseeds the per-device generators and draws one z per slice in a fixed order, so the
     +eps, -2 eps, +eps and update passes all see the same z. With ``cache`` the first pass keeps the
-    drawn tensors for the later passes instead (memory equal to the trainable parameters).
+    drawn tensors for the later passes instead (memory equal to the trainable parameters). Without it,
+    each z is valid only until the next one is drawn: consume it before asking for the next.
     """
 
-    def __init__(
-        self, seed: int, slices: list[_Slice], generators: dict[torch.device, torch.Generator], cache: bool
-    ) -> None:
+    def __init__(self, seed: int, slices: list[_Slice], source: _NormalSource, cache: bool) -> None:
         self.seed = seed
         self._slices = slices
-        self._generators = generators
+        self._source = source
         self._cache = cache
         self._drawn: list[Tensor] | None = None
 
@@ -140,26 +168,15 @@ class _Direction:
         if self._drawn is not None:
             yield from zip(self._slices, self._drawn, strict=True)
             return
-        self._reseed_generators()
+        self._source.reseed({piece.param.device for piece in self._slices}, self.seed)
         drawn: list[Tensor] = []
         for piece in self._slices:
-            z = self._draw(piece.param)
+            z = self._source.draw(piece.param, keep=self._cache)
             if self._cache:
                 drawn.append(z)
             yield piece, z
         if self._cache:
             self._drawn = drawn
-
-    def _reseed_generators(self) -> None:
-        for device in {piece.param.device for piece in self._slices}:
-            if device not in self._generators:
-                self._generators[device] = torch.Generator(device=device)
-            self._generators[device].manual_seed(self.seed)
-
-    def _draw(self, like: Tensor) -> Tensor:
-        return torch.randn(
-            like.shape, generator=self._generators[like.device], device=like.device, dtype=like.dtype
-        )
 
 
 def _bounded_slices(tensor: Tensor, max_numel: int) -> Iterator[Tensor]:
@@ -245,7 +262,7 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
         # Steps that applied an update; drives n_perturbations schedules (and the SVRG snapshot period).
         self.steps_taken = 0
         self._seed_generator = torch.Generator().manual_seed(seed)
-        self._z_generators: dict[torch.device, torch.Generator] = {}
+        self._normal_source = _NormalSource()
 
     def state_dict(self) -> dict[str, Any]:
         """The torch optimiser state (per-parameter buffers, groups), the seed generator's state and the
@@ -279,7 +296,7 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
     def _draw_directions(self, slices: list[_Slice]) -> list[_Direction]:
         """This step's directions, one seed each from the seed generator (a failed step still uses them up)."""
         return [
-            _Direction(self._next_seed(), slices, self._z_generators, self.cache_z)
+            _Direction(self._next_seed(), slices, self._normal_source, self.cache_z)
             for _ in range(self._perturbations_this_step())
         ]
 
