@@ -112,11 +112,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     except Interrupted:
         print("zoft: interrupted; run the same command again to continue the sweep", file=sys.stderr)
         return 130
-    sweep.write_table(results, out)
+    tables = Path(args.report_dir) if args.report_dir else out
+    tables.mkdir(parents=True, exist_ok=True)
+    sweep.write_table(results, tables)
     if len(grid) == 2:
-        sweep.write_heat_map(results, grid, out)
-    best = sweep.write_best(results, grid, out)
-    print(f"sweep table: {out / 'sweep.md'}")
+        sweep.write_heat_map(results, grid, tables)
+    best = sweep.write_best(results, grid, tables)
+    print(f"sweep table: {tables / 'sweep.md'}")
     print(f"best settings: {best}" if best else "no grid point completed: no best settings")
     return 0
 
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
                        help="config keys and their values; the grid is their Cartesian product")
     sweep.add_argument("--out", help="sweep folder (default: runs/sweep-<task>-<method>)")
+    sweep.add_argument("--report-dir", help="folder for the table, heat map and best.yaml (default: --out)")
     sweep.add_argument("--quiet", action="store_true", help="print nothing but errors and the result paths")
     add_config_options(sweep)
     sweep.set_defaults(handler=run_sweep)

@@ -333,7 +333,7 @@ def build_config(config_file: str | Path | None = None, overrides: dict[str, Any
 # Defaults per method, chosen on the MRPC validation split with MiniLM (docs/results.md says how).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {"lr": 5e-4, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 1000},
-    "full": {"lr": 5e-5, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 1000},
+    "full": {"lr": 5e-5, "schedule": "linear", "warmup_ratio": 0.06, "weight_decay": 0.01, "steps": 800},
     "mezo": {"lr": 1e-4, "schedule": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "steps": 3000},
 }
 MEZO_ALL_LR = 1e-6

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def _result(point: dict[str, str], folder: RunFolder) -> SweepResult:
 def write_table(results: list[SweepResult], out: Path) -> None:
     keys, select_metric = list(results[0].point), results[0].select_metric
     header = [*keys, select_metric, "best step", "steps", "status", "run"]
-    rows = [[*r.point.values(), _score(r), r.best_step, r.steps, r.status, str(r.folder.relative_to(out))]
+    rows = [[*r.point.values(), _score(r), r.best_step, r.steps, r.status, os.path.relpath(r.folder, out)]
             for r in results]
     with (out / "sweep.csv").open("w", newline="") as file:
         csv.writer(file).writerows([header, *rows])
@@ -154,17 +155,19 @@ def write_heat_map(results: list[SweepResult], grid: dict[str, list[str]], out: 
 
 
 def write_best(results: list[SweepResult], grid: dict[str, list[str]], out: Path) -> Path | None:
-    """best.yaml: the method's settings and the swept keys of the best point, for compare --preset."""
+    """best.yaml, for compare --preset: the best point's method settings, how its model is set up (head,
+    pooling, LoRA; not which model), and its swept keys."""
     ranked = [r for r in results if r.ranked]
     if not ranked:
         return None
     best = ranked[0]
     config = RunFolder(best.folder).read_config().to_dict()
     section_of = {key: section for key, (section, _) in config_keys().items()}
-    document = {"method": config["method"]}
+    setup = {key: value for key, value in config["model"].items() if key not in ("model", "dtype")}
+    document = {"method": config["method"], "model": setup}
     for key in grid:
         document.setdefault(section_of[key], {})[key] = config[section_of[key]][key]
-    header = (f"# Chosen by zoft sweep on {best.folder.parent.parent}: best validation score {best.score:.4f} "
+    header = (f"# Chosen by zoft sweep in {best.folder.parent.parent}: best validation score {best.score:.4f} "
               f"at {point_name(best.point)}\n")
     path = out / "best.yaml"
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
