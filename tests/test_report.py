@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -214,3 +215,19 @@ def test_numbers_are_formatted_for_people():
     assert format_bytes(566_943_744) == "567 MB" and format_bytes(12.5e9) == "12.50 GB"
     assert format_seconds(0.0170) == "17.0 ms" and format_seconds(3.98) == "3.98 s"
     assert format_seconds(5580) == "1:33:00" and format_seconds(93) == "1:33"
+
+
+def test_runs_that_differ_only_in_the_seed_get_mean_and_std(train_once, tmp_path):
+    seeds = [train_once("--method", "lora", "--seed", seed) for seed in ("13", "21")]
+    other = train_once("--method", "mezo")
+    text = write_report([*seeds, other], tmp_path / "report").read_text()
+    accuracies = [summary_of(run)["best"]["test/accuracy"] for run in seeds]
+    over_seeds = section(text, "Over seeds")
+    row = next(line for line in over_seeds.splitlines() if line.startswith("| LoRA"))
+    assert "13, 21" in row and "| 2 |" in row
+    assert f"{100 * np.mean(accuracies):.2f}% ± {100 * np.std(accuracies):.2f}%" in row
+    assert "| MeZO" not in over_seeds  # a lone run has no seeds to average over
+
+
+def test_no_seed_section_without_repeated_seeds(lora_run, mezo_run, tmp_path):
+    assert "## Over seeds" not in write_report([lora_run, mezo_run], tmp_path / "report").read_text()

@@ -17,9 +17,13 @@ def _format_metrics(record: dict[str, Any], prefix: str) -> str:
 
 
 def format_baseline(baseline: dict[str, Any]) -> str:
-    """The majority-class baseline's metric values (not its label or class share)."""
-    return ", ".join(f"{key} {value:.4f}" for key, value in baseline.items()
-                     if isinstance(value, float) and key != "share")
+    """What a constant prediction scores on test: the majority class, or for regression the mean score
+    (whose correlations are undefined, so its mean squared error is shown)."""
+    if "share" in baseline:
+        values = ", ".join(f"{key} {value:.4f}" for key, value in baseline.items()
+                           if isinstance(value, float) and key != "share")
+        return f"majority class: {values}"
+    return f"constant mean {baseline['mean']:.4f}: mse {baseline['mse']:.4f}"
 
 
 class Console:
@@ -73,7 +77,7 @@ class Console:
         self.print(f"{summary['status']}: {summary['steps']} steps in {summary['time']['wall_seconds']:.0f} s")
         if best["step"] is not None:
             self.print(f"best by {summary['select_metric']} at step {best['step']}: "
-                       f"test {_format_metrics(best, 'test/')} (majority class: {format_baseline(baseline)})")
+                       f"test {_format_metrics(best, 'test/')} ({format_baseline(baseline)})")
         if summary["beats_majority"] is False:
             self.print("warning: the best checkpoint does not beat the majority-class baseline on test")
         self.print(f"run folder: {folder}")

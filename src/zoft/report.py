@@ -435,6 +435,38 @@ def comparison_section(runs: Sequence[Run]) -> str:
     return "\n".join(["## Comparison", "", markdown_table(header, rows), "", *(f"- {note}" for note in notes)])
 
 
+def seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
+    """Runs whose configs are the same but for the seed (which also draws their data, e.g. k-shot samples),
+    in groups of two or more."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        others = {key: value for key, value in _flat_config(run.config).items() if key != "seed"}
+        key = json.dumps(others, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(run)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def seeds_section(runs: Sequence[Run]) -> str | None:
+    """Mean ± standard deviation over seeds of the best test metric, as the MeZO paper reports k-shot results."""
+    groups = seed_groups(runs)
+    if not groups:
+        return None
+    metric = runs[0].main_metric
+    rows = []
+    for group in groups:
+        values = [run.best.get(f"test/{metric}") for run in group]
+        values = [v for v in values if not _missing(v)]
+        mean, std = (float(np.mean(values)), float(np.std(values))) if values else (None, None)
+        seeds = ", ".join(str(_flat_config(run.config).get("seed")) for run in group)
+        rows.append([method_name(group[0].config.get("method", {})), seeds, str(len(values)),
+                     f"{format_metric(mean, metric)} ± {format_metric(std, metric)}" if values else "n/a",
+                     format_metric(group[0].baseline, metric)])
+    header = ["Method", "Seeds", "Runs", f"Best test {_metric_title(metric)}: mean ± std", "Majority class"]
+    note = ("Runs whose configs differ only in the seed (which also draws the hold-out and any k-shot sample); "
+            "std is the population standard deviation over seeds, as LM-BFF and MeZO report it.")
+    return "\n".join(["## Over seeds", "", markdown_table(header, rows), "", f"- {note}"])
+
+
 def _metric_title(metric: str) -> str:
     return {"f1": "F1"}.get(metric, metric)
 
@@ -797,8 +829,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         plot(runs, out / names[key])
     methods = " vs ".join(run.label for run in runs) if len(runs) <= 4 else f"{len(runs)} runs"
     title = title or f"{runs[0].task.upper()}: {methods}"
-    sections = [header_section(runs, title), findings_section(runs), comparison_section(runs),
+    sections = [header_section(runs, title), findings_section(runs), comparison_section(runs), seeds_section(runs),
                 dynamics_section(runs), plots_section(names)]
     report = out / "report.md"
-    report.write_text("\n\n".join(sections) + "\n")
+    report.write_text("\n\n".join(section for section in sections if section) + "\n")
     return report

@@ -165,7 +165,7 @@ class Trainer:
             + (f" (params {method.params})" if method.params else "")
             + f"; trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",
             f"{self.total_steps} steps of {self.config.train.batch_size * method.grad_accumulation} examples, "
-            f"lr {method.lr:g} ({method.schedule}); majority-class baseline on test: {format_baseline(self.baseline)}",
+            f"lr {method.lr:g} ({method.schedule}); baseline on test: {format_baseline(self.baseline)}",
         ]
 
     # -- checkpoints -------------------------------------------------------------------------------------
