@@ -1,6 +1,7 @@
 """MeZO's cost next to inference and backprop, measured side by side in one run on one model and batch.
 
     .venv/bin/python benchmarks/mezo_speed_memory.py [--model minilm] [--batch-size 16] [--repeats 20]
+                                                     [--random-init] [--device cuda]
 
 Prints, with the targets of the MeZO issue:
   - MeZO step time ÷ (2 × inference forward time), for params lora and params all   (target ≤ 1.10)
@@ -11,6 +12,8 @@ Prints, with the targets of the MeZO issue:
 Times are medians over interleaved repetitions in one process (the machine's noise hits every variant
 alike). Peak memory is measured for each variant in a fresh process: the GPU allocator's peak on CUDA,
 else the peak resident memory sampled during the measured steps (model loading excluded).
+`--random-init` builds the model from the folder's config.json with random weights (time and memory do not
+depend on the weight values), so that a model's shape can be measured where its weights are not at hand.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def setup(variant: str, args: argparse.Namespace, device: torch.device):
     """Model and a one-step function for a variant, plus the fixed batch it runs on."""
     torch.manual_seed(0)
     kind, params = variant.split("-")
-    model, tokenizer = load_model(ModelConfig(model=args.model), num_labels=2)
+    model, tokenizer = load_benchmark_model(args)
     method = "lora" if kind == "backprop" else "mezo"
     model = prepare_trainable(model, ModelConfig(), method, params if method == "mezo" else None).to(device)
     data = load_task_data(DataConfig(task="mrpc", data_dir=args.data_dir), seed=0)
@@ -63,6 +66,15 @@ def setup(variant: str, args: argparse.Namespace, device: torch.device):
                           else 1e-4, weight_decay=0.0, schedule="constant", warmup_ratio=0.0)
     trainer = build_method(model, config, total_steps=10**6, seed=0)
     return (lambda: trainer.step([batch])), trainer
+
+
+def load_benchmark_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object]:
+    if not args.random_init:
+        return load_model(ModelConfig(model=args.model), num_labels=2)
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(args.model, num_labels=2)
+    return AutoModelForSequenceClassification.from_config(config), AutoTokenizer.from_pretrained(args.model)
 
 
 def seconds_of_one_call(step: Callable[[], object], device: torch.device) -> float:
@@ -99,7 +111,7 @@ def measure_peak_memory(variant: str, args: argparse.Namespace, device: torch.de
 def peak_memory_in_fresh_process(variant: str, args: argparse.Namespace) -> int:
     command = [sys.executable, __file__, "--memory-of", variant, "--model", args.model, "--batch-size",
                str(args.batch_size), "--repeats", str(args.repeats), "--data-dir", args.data_dir,
-               "--device", args.device]
+               "--device", args.device, *(["--random-init"] if args.random_init else [])]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return int(json.loads(output.strip().splitlines()[-1])["peak_bytes"])
 
@@ -114,7 +126,8 @@ def report(times: dict[str, float], memory: dict[str, int], device: torch.device
         "mezo_lora_step cached z / regenerated z": times["mezo-lora-cached"] / times["mezo-lora"],
     }
     memory_kind = "GPU allocator peak" if device.type == "cuda" else "training-phase peak RSS"
-    print(f"model {args.model}, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}, "
+    weights = " (random weights)" if args.random_init else ""
+    print(f"model {args.model}{weights}, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}, "
           f"median of {args.repeats} interleaved repetitions")
     print(f"{'variant':<22}{'seconds':>10}{'peak MB':>12}   ({memory_kind})")
     for name, seconds in times.items():
@@ -134,6 +147,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--random-init", action="store_true", help="random weights from the model's config.json")
     parser.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", str(REPO.parent / "shared/glue_data")))
     parser.add_argument("--json", help="also write the measurements to this file")
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)

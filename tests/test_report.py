@@ -229,5 +229,14 @@ def test_runs_that_differ_only_in_the_seed_get_mean_and_std(train_once, tmp_path
     assert "| MeZO" not in over_seeds  # a lone run has no seeds to average over
 
 
+def test_seed_groups_of_one_method_are_told_apart_by_their_config(train_once, tmp_path):
+    runs = [train_once("--method", "lora", "--seed", seed, "--lr", lr) for lr in ("0.01", "0.001") for seed in "12"]
+    over_seeds = section(write_report(runs, tmp_path / "report").read_text(), "Over seeds")
+    rows = [line for line in over_seeds.splitlines() if line.startswith("| LoRA")]
+    assert [row.split("|")[1].strip() for row in rows] == ["LoRA lr=0.01", "LoRA lr=0.001"]
+    best_steps = [", ".join(str(summary_of(run)["best"]["step"]) for run in runs[i : i + 2]) for i in (0, 2)]
+    assert all(f"| {steps} |" in row for steps, row in zip(best_steps, rows, strict=True))
+
+
 def test_no_seed_section_without_repeated_seeds(lora_run, mezo_run, tmp_path):
     assert "## Over seeds" not in write_report([lora_run, mezo_run], tmp_path / "report").read_text()

@@ -458,13 +458,27 @@ def seeds_section(runs: Sequence[Run]) -> str | None:
         values = [v for v in values if not _missing(v)]
         mean, std = (float(np.mean(values)), float(np.std(values))) if values else (None, None)
         seeds = ", ".join(str(_flat_config(run.config).get("seed")) for run in group)
-        rows.append([method_name(group[0].config.get("method", {})), seeds, str(len(values)),
+        best_steps = ", ".join(str(run.best.get("step", "?")) for run in group)
+        rows.append([_seed_group_label(group, groups), seeds, str(len(values)),
                      f"{format_metric(mean, metric)} ± {format_metric(std, metric)}" if values else "n/a",
-                     format_metric(group[0].baseline, metric)])
-    header = ["Method", "Seeds", "Runs", f"Best test {_metric_title(metric)}: mean ± std", "Majority class"]
+                     best_steps, format_metric(group[0].baseline, metric)])
+    header = ["Method", "Seeds", "Runs", f"Best test {_metric_title(metric)}: mean ± std", "Best steps",
+              "Majority class"]
     note = ("Runs whose configs differ only in the seed (which also draws the hold-out and any k-shot sample); "
-            "std is the population standard deviation over seeds, as LM-BFF and MeZO report it.")
+            "std is the population standard deviation over seeds, as LM-BFF and MeZO report it. Best steps: the "
+            "step each seed's validation chose (step 0 means training did not improve on the starting model).")
     return "\n".join(["## Over seeds", "", markdown_table(header, rows), "", f"- {note}"])
+
+
+def _seed_group_label(group: list[Run], groups: list[list[Run]]) -> str:
+    """The method's name, plus the config keys that tell the group from others of the same method."""
+    name = method_name(group[0].config.get("method", {}))
+    twins = [other[0] for other in groups if method_name(other[0].config.get("method", {})) == name]
+    if len(twins) == 1:
+        return name
+    differing = _differing(twins, lambda run: {k: v for k, v in _flat_config(run.config).items() if k != "seed"})
+    position = next(i for i, twin in enumerate(twins) if twin is group[0])
+    return f"{name} " + ", ".join(f"{key}={_short_value(values[position])}" for key, values in differing.items())
 
 
 def _metric_title(metric: str) -> str:

@@ -16,9 +16,11 @@ FLOAT32_ULP = torch.finfo(torch.float32).eps
 
 
 def replay_z(params: list[Tensor], seed: int) -> list[Tensor]:
-    """z for a seed, rebuilt from the documented contract with an independent generator."""
+    """z for a seed, rebuilt from the documented contract with an independent generator, for parameters of
+    one group and dtype that fit one bucket: one flat draw, split into the parameters' shapes."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+    flat = torch.randn(sum(p.numel() for p in params), generator=generator, dtype=params[0].dtype)
+    return [z.view(p.shape) for z, p in zip(flat.split([p.numel() for p in params]), params, strict=True)]
 
 
 def snapshot(params: list[Tensor]) -> list[Tensor]:
@@ -313,6 +315,33 @@ def test_large_tensors_draw_z_in_bounded_deterministic_slices(monkeypatch: pytes
     ]
     for param, before, z in zip(params, start, expected_z, strict=True):
         assert_within_ulps(param.detach(), before.add(z, alpha=-lr * stats.projected_grad))
+
+
+def test_small_tensors_of_one_group_share_a_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = {"a": 3, "b": 4, "c": 5, "d": 2}  # max 10: a+b, then c; d is in another group
+    params = {name: nn.Parameter(torch.randn(size)) for name, size in sizes.items()}
+    start = snapshot(list(params.values()))
+    groups = [{"params": [params["a"], params["b"], params["c"]]}, {"params": [params["d"]], "weight_decay": 0.5}]
+    drawn_sizes = []
+    original_normal = torch.Tensor.normal_
+
+    def recording_normal(tensor: Tensor, *args, **kwargs) -> Tensor:
+        drawn_sizes.append(tensor.numel())
+        return original_normal(tensor, *args, **kwargs)
+
+    lr = 1e-2
+    optimizer = ZerothOrderSGD(groups, lr=lr, max_chunk_numel=10, seed=6)
+    monkeypatch.setattr(torch.Tensor, "normal_", recording_normal)
+    stats = optimizer.step(lambda: sum((p**2).sum() for p in params.values()))
+    monkeypatch.undo()
+
+    assert drawn_sizes == [7, 5, 2] * 3  # +eps, -2 eps, and the update pass
+    generator = torch.Generator().manual_seed(stats.seeds[0])
+    first, second, third = (torch.randn(n, generator=generator) for n in (7, 5, 2))
+    expected_z = [first[:3], first[3:], second, third]
+    step = lr * stats.projected_grad
+    for param, before, z, decay in zip(params.values(), start, expected_z, (0, 0, 0, 0.5), strict=True):
+        assert_within_ulps(param.detach(), before * (1 - lr * decay) - step * z)
 
 
 # 7. cache_z changes speed and memory, never results.

@@ -34,6 +34,9 @@ _SEED_BOUND = 2**53
 _SEED_GENERATOR_KEY = "zeroth_order_seed_generator"
 _STEPS_KEY = "zeroth_order_steps_taken"
 _NORM_NAME_MARKERS = ("layernorm", "layer_norm", "norm.")
+# 4 MB of float32 z at most: a GPU pass stays bound by memory bandwidth, not kernel launches, well below
+# this, and the transient stays small next to the weights of even a small model (MiniLM: 87 MB).
+DEFAULT_MAX_CHUNK_NUMEL = 2**20
 
 Closure = Callable[[], "Tensor | float"]
 # N per step: a constant, or a function of the number of steps taken so far (see LinearSchedule).
@@ -122,7 +125,7 @@ class _NormalSource:
     """Standard-normal draws from one generator per device, written into a reused scratch buffer.
 
     Drawing into a buffer that already exists (``normal_``) gives the very numbers ``torch.randn`` gives
-    from the same generator state, without allocating and first-touching fresh memory for every slice:
+    from the same generator state, without allocating and first-touching fresh memory for every draw:
     on a CPU that is about 40% of the cost of a draw, and the draws dominate a full-parameter step.
     """
 
@@ -136,47 +139,81 @@ class _NormalSource:
                 self.generators[device] = torch.Generator(device=device)
             self.generators[device].manual_seed(seed)
 
-    def draw(self, like: Tensor, keep: bool) -> Tensor:
-        """z shaped like `like`; unless `keep`, it lives in the scratch buffer until the next draw."""
+    def draw(self, numel: int, like: Tensor, keep: bool) -> Tensor:
+        """A flat z of `numel` elements on `like`'s device and dtype; unless `keep`, it lives in the scratch
+        buffer until the next draw."""
         generator = self.generators[like.device]
         if keep:
-            return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+            return torch.randn(numel, generator=generator, device=like.device, dtype=like.dtype)
         key = (like.device, like.dtype)
-        if key not in self._scratch or self._scratch[key].numel() < like.numel():
-            self._scratch[key] = torch.empty(like.numel(), device=like.device, dtype=like.dtype)
-        return self._scratch[key][: like.numel()].view(like.shape).normal_(generator=generator)
+        if key not in self._scratch or self._scratch[key].numel() < numel:
+            self._scratch[key] = torch.empty(numel, device=like.device, dtype=like.dtype)
+        return self._scratch[key][:numel].normal_(generator=generator)
+
+
+Bucket = list[_Slice]
+
+
+def _buckets(slices: list[_Slice], max_numel: int) -> list[Bucket]:
+    """Consecutive slices of one param group, device and dtype, packed while they total at most
+    ``max_numel`` elements. A bucket's z is one draw and its parameters move in one ``foreach`` call: on a
+    GPU a pass over many small tensors (LoRA adapters, biases) is bound by kernel launches, not by work."""
+    buckets: list[Bucket] = []
+    total = 0
+    for piece in slices:
+        numel = piece.param.numel()
+        if buckets and _same_bucket(buckets[-1][-1], piece) and total + numel <= max_numel:
+            buckets[-1].append(piece)
+            total += numel
+        else:
+            buckets.append([piece])
+            total = numel
+    return buckets
+
+
+def _same_bucket(last: _Slice, piece: _Slice) -> bool:
+    return (last.group is piece.group and last.param.device == piece.param.device
+            and last.param.dtype == piece.param.dtype)
 
 
 class _Direction:
     """The random direction z of one perturbation, reproduced from its seed on every pass.
 
-    Each pass reseeds the per-device generators and draws one z per slice in a fixed order, so the
-    +eps, -2 eps, +eps and update passes all see the same z. With ``cache`` the first pass keeps the
-    drawn tensors for the later passes instead (memory equal to the trainable parameters). Without it,
-    each z is valid only until the next one is drawn: consume it before asking for the next.
+    Each pass reseeds the per-device generators and draws one flat z per bucket in a fixed order, split
+    into one view per slice, so the +eps, -2 eps, +eps and update passes all see the same z. With
+    ``cache`` the first pass keeps the drawn tensors for the later passes instead (memory equal to the
+    trainable parameters). Without it, a bucket's z is valid only until the next one is drawn: consume it
+    before asking for the next.
     """
 
-    def __init__(self, seed: int, slices: list[_Slice], source: _NormalSource, cache: bool) -> None:
+    def __init__(self, seed: int, buckets: list[Bucket], source: _NormalSource, cache: bool) -> None:
         self.seed = seed
-        self._slices = slices
+        self._buckets = buckets
         self._source = source
         self._cache = cache
-        self._drawn: list[Tensor] | None = None
+        self._drawn: list[list[Tensor]] | None = None
+
+    def buckets(self) -> Iterator[tuple[Bucket, list[Tensor]]]:
+        """Yield every bucket with the z of each of its slices."""
+        if self._drawn is not None:
+            yield from zip(self._buckets, self._drawn, strict=True)
+            return
+        self._source.reseed({bucket[0].param.device for bucket in self._buckets}, self.seed)
+        drawn: list[list[Tensor]] = []
+        for bucket in self._buckets:
+            sizes = [piece.param.numel() for piece in bucket]
+            flat = self._source.draw(sum(sizes), bucket[0].param, keep=self._cache)
+            zs = [z.view(piece.param.shape) for z, piece in zip(flat.split(sizes), bucket, strict=True)]
+            if self._cache:
+                drawn.append(zs)
+            yield bucket, zs
+        if self._cache:
+            self._drawn = drawn
 
     def pairs(self) -> Iterator[tuple[_Slice, Tensor]]:
         """Yield every slice with its z."""
-        if self._drawn is not None:
-            yield from zip(self._slices, self._drawn, strict=True)
-            return
-        self._source.reseed({piece.param.device for piece in self._slices}, self.seed)
-        drawn: list[Tensor] = []
-        for piece in self._slices:
-            z = self._source.draw(piece.param, keep=self._cache)
-            if self._cache:
-                drawn.append(z)
-            yield piece, z
-        if self._cache:
-            self._drawn = drawn
+        for bucket, zs in self.buckets():
+            yield from zip(bucket, zs, strict=True)
 
 
 def _bounded_slices(tensor: Tensor, max_numel: int) -> Iterator[Tensor]:
@@ -195,6 +232,10 @@ def _bounded_slices(tensor: Tensor, max_numel: int) -> Iterator[Tensor]:
             yield rows
         else:
             yield from _bounded_slices(rows[0], max_numel)
+
+
+def _params(bucket: Bucket) -> list[Tensor]:
+    return [piece.param for piece in bucket]
 
 
 def _loss_value(loss: Tensor | float) -> float:
@@ -295,8 +336,9 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
 
     def _draw_directions(self, slices: list[_Slice]) -> list[_Direction]:
         """This step's directions, one seed each from the seed generator (a failed step still uses them up)."""
+        buckets = _buckets(slices, self.max_chunk_numel)
         return [
-            _Direction(self._next_seed(), slices, self._normal_source, self.cache_z)
+            _Direction(self._next_seed(), buckets, self._normal_source, self.cache_z)
             for _ in range(self._perturbations_this_step())
         ]
 
@@ -373,8 +415,8 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _perturb(direction: _Direction, scale: float) -> None:
-        for piece, z in direction.pairs():
-            piece.param.add_(z, alpha=scale)
+        for bucket, zs in direction.buckets():
+            torch._foreach_add_(_params(bucket), zs, alpha=scale)
 
     def _update(self, slices: list[_Slice], directions: list[_Direction], grads: list[float]) -> None:
         """Apply ``p <- p - lr * (mean_i(g_i z_i) + wd * p)``, through the momentum buffer if any.
@@ -391,14 +433,15 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
         for index, (direction, grad) in enumerate(zip(directions, grads, strict=True)):
             weight = grad / len(directions)
             pending_restore = self.eps if index == len(directions) - 1 else 0.0
-            for piece, z in direction.pairs():
-                restore = pending_restore * (1 - piece.group["lr"] * piece.group["weight_decay"])
-                if "momentum_buffer" in piece.buffers:
-                    piece.buffers["momentum_buffer"].add_(z, alpha=weight)
+            for bucket, zs in direction.buckets():
+                group = bucket[0].group
+                restore = pending_restore * (1 - group["lr"] * group["weight_decay"])
+                if "momentum_buffer" in bucket[0].buffers:
+                    torch._foreach_add_([piece.buffers["momentum_buffer"] for piece in bucket], zs, alpha=weight)
                     if restore:
-                        piece.param.add_(z, alpha=restore)
+                        torch._foreach_add_(_params(bucket), zs, alpha=restore)
                 else:
-                    piece.param.add_(z, alpha=restore - piece.group["lr"] * weight)
+                    torch._foreach_add_(_params(bucket), zs, alpha=restore - group["lr"] * weight)
         for piece in slices:
             if "momentum_buffer" in piece.buffers:
                 piece.param.add_(piece.buffers["momentum_buffer"], alpha=-piece.group["lr"])
@@ -439,12 +482,14 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
     All ``g_i`` are measured at the same point; the update is applied afterwards, one parameter slice
     and one perturbation at a time, regenerating each ``z_i`` from its seed.
 
-    Reproducibility contract: z for a seed is, for each trainable parameter in param-group order,
-    ``torch.randn`` of the parameter's shape, dtype and device drawn from a ``torch.Generator`` on that
-    device seeded with the seed. A parameter with more than ``max_chunk_numel`` elements is drawn slice
-    by slice along its first dimension (recursively for rows over the bound), which bounds the transient
-    memory of a pass to ``max_chunk_numel`` elements. A step is a pure function of the parameters, the
-    closure and the seeds: the global RNG is never touched.
+    Reproducibility contract: the trainable parameters, in param-group order, are cut into slices: a
+    parameter with more than ``max_chunk_numel`` elements is tiled along its first dimension (recursively
+    for rows over the bound). Consecutive slices of one group, device and dtype are packed into buckets of
+    at most ``max_chunk_numel`` elements. z for a seed is, bucket by bucket, one flat ``torch.randn`` of
+    the bucket's size, dtype and device drawn from a ``torch.Generator`` on that device seeded with the
+    seed, split in order into the slices' shapes. This bounds the transient memory of a pass to
+    ``max_chunk_numel`` elements, and moves each bucket with one draw and one ``foreach`` call. A step is
+    a pure function of the parameters, the closure and the seeds: the global RNG is never touched.
 
     Args:
         params: parameters or param groups. Groups may set ``lr``, ``weight_decay`` and ``momentum``; LR
@@ -487,7 +532,7 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         momentum: float = 0.0,
         n_perturbations: PerturbationCount = 1,
         seed: int = 0,
-        max_chunk_numel: int = 2**22,
+        max_chunk_numel: int = DEFAULT_MAX_CHUNK_NUMEL,
         cache_z: bool = False,
     ) -> None:
         _check_hyperparameters(lr=lr, weight_decay=weight_decay, momentum=momentum)

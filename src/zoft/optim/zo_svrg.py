@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from zoft.optim.zeroth_order import (
+    DEFAULT_MAX_CHUNK_NUMEL,
     Closure,
     PerturbationCount,
     ZOStepStats,
@@ -122,7 +123,7 @@ class ZerothOrderSVRG(_ZerothOrderOptimizer):
         weight_decay: float = 0.0,
         n_perturbations: PerturbationCount = 1,
         seed: int = 0,
-        max_chunk_numel: int = 2**22,
+        max_chunk_numel: int = DEFAULT_MAX_CHUNK_NUMEL,
         cache_z: bool = False,
     ) -> None:
         _check_hyperparameters(lr=lr, lr_full=lr_full, weight_decay=weight_decay, q=q)
