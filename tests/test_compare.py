@@ -63,3 +63,11 @@ def test_the_mezo_paper_kshot_preset_is_a_valid_config():
     assert (config.data.k_shot, config.model.head, config.method.method, config.method.params) == (
         16, "prompt", "mezo", "all")
     assert (config.method.lr, config.method.eps, config.train.batch_size) == (1e-6, 1e-3, 64)
+
+
+def test_compare_on_mrpc_with_minilm_starts_mezo_lora_from_the_swept_preset():
+    configs = plan(["lora", "mezo-lora"], {"task": "mrpc", "model": "minilm"}, [])
+    mezo = configs["mezo-lora"]
+    assert (mezo.model.pooling, mezo.model.pair_encoding, mezo.model.head_init) == ("mean", "separate", "linear-probe")
+    assert (mezo.method.lr, mezo.method.eps) == (1e-4, 1e-4)
+    assert configs["lora"].model.head_init == "random"  # the preset is mezo-lora's alone

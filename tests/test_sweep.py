@@ -9,7 +9,7 @@ from zoft.cli import main
 from zoft.compare import plan
 from zoft.errors import ZoftError
 from zoft.report import load_run
-from zoft.sweep import grid_points, parse_grid
+from zoft.sweep import SweepResult, grid_points, parse_grid, rank
 
 
 def test_parse_grid_and_points():
@@ -19,6 +19,16 @@ def test_parse_grid_and_points():
     for bad in (["lr"], ["lr="], ["nosuch=1,2"], ["lr=1", "lr=2"]):
         with pytest.raises(ZoftError):
             parse_grid(bad)
+
+
+def test_ties_go_to_the_steadier_run(tmp_path):
+    def result(name: str, status: str, score: float | None, final: float | None) -> SweepResult:
+        return SweepResult(point={"lr": name}, folder=tmp_path / name, status=status,
+                           select_metric="validation/accuracy", score=score, best_step=0, final_score=final, steps=9)
+
+    results = [result("a", "completed", 0.7, 0.6), result("b", "diverged", None, None),
+               result("c", "completed", 0.7, 0.7), result("d", "completed", 0.8, 0.5)]
+    assert [r.point["lr"] for r in rank(results)] == ["d", "c", "a", "b"]
 
 
 @pytest.fixture(scope="module")

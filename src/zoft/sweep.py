@@ -60,6 +60,7 @@ class SweepResult:
     select_metric: str  # e.g. validation/accuracy
     score: float | None  # its best value over the run's evaluations
     best_step: int | None
+    final_score: float | None  # its value at the last evaluation: breaks ties in favour of the steadier run
     steps: int
 
     @property
@@ -87,7 +88,19 @@ def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path,
             resume = (folder.path / "checkpoint").is_dir() and folder.read_config() == config
             train(config, folder.path, overwrite=folder.holds_run() and not resume, resume=resume)
         results.append(_result(point, folder))
-    return sorted(results, key=lambda r: (not r.ranked, -(r.score or 0.0) if r.ranked else 0.0))
+    return rank(results)
+
+
+def rank(results: list[SweepResult]) -> list[SweepResult]:
+    """Best first: by validation score, ties by the final validation value; unranked runs last."""
+    return sorted(results, key=_rank_key)
+
+
+def _rank_key(result: SweepResult) -> tuple[bool, float, float]:
+    if not result.ranked:
+        return True, 0.0, 0.0
+    final = result.final_score if result.final_score is not None and not math.isnan(result.final_score) else -math.inf
+    return False, -result.score, -final
 
 
 def _finished(folder: RunFolder, config: RunConfig) -> bool:
@@ -101,21 +114,27 @@ def _result(point: dict[str, str], folder: RunFolder) -> SweepResult:
     best = summary["best"]
     return SweepResult(point=point, folder=folder.path, status=summary["status"],
                        select_metric=summary["select_metric"], score=best.get(summary["select_metric"]),
-                       best_step=best["step"], steps=summary["steps"])
+                       best_step=best["step"], final_score=summary["final"].get(summary["select_metric"]),
+                       steps=summary["steps"])
 
 
 def write_table(results: list[SweepResult], out: Path) -> None:
     keys, select_metric = list(results[0].point), results[0].select_metric
-    header = [*keys, select_metric, "best step", "steps", "status", "run"]
-    rows = [[*r.point.values(), _score(r), r.best_step, r.steps, r.status, os.path.relpath(r.folder, out)]
-            for r in results]
+    header = [*keys, select_metric, "best step", "final", "steps", "status", "run"]
+    rows = [[*r.point.values(), _score(r), r.best_step, _final(r), r.steps, r.status,
+             os.path.relpath(r.folder, out)] for r in results]
     with (out / "sweep.csv").open("w", newline="") as file:
         csv.writer(file).writerows([header, *rows])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in rows]
     note = (f"Scored by {select_metric} (the best evaluation of each run), the validation split carved from "
-            "the training data; the test split played no part in the ranking.")
+            "the training data; ties go to the higher final value (the last evaluation). The test split played "
+            "no part in the ranking. A best step of 0 means training never improved on the starting model.")
     (out / "sweep.md").write_text(f"# Sweep\n\n{note}\n\n" + "\n".join(lines) + "\n")
+
+
+def _final(result: SweepResult) -> str:
+    return "" if result.final_score is None else f"{result.final_score:.4f}"
 
 
 def _score(result: SweepResult) -> str:
