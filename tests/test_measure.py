@@ -1,12 +1,21 @@
 """Forward-pass counting, peak memory and timing."""
 
+import sys
 import time
 
 import psutil
 import pytest
 import torch
 
-from zoft.measure import ForwardCounter, MemoryReport, PeakRSS, Stopwatch, measure_memory, process_peak_rss
+from zoft.measure import (
+    ForwardCounter,
+    MemoryReport,
+    PeakRSS,
+    Stopwatch,
+    measure_memory,
+    process_peak_rss,
+    release_freed_memory,
+)
 
 CPU = torch.device("cpu")
 MB = 1024 * 1024
@@ -91,6 +100,22 @@ def test_measure_memory_fills_the_report_when_the_block_raises():
         raise RuntimeError("boom")
     assert report.train_peak_rss_bytes > 0
     assert report.process_peak_rss_bytes > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's heap trimming")
+def test_memory_freed_before_a_phase_does_not_count_as_the_phases():
+    process = psutil.Process()
+    before = process.memory_info().rss
+    blocks = [torch.ones(16_000) for _ in range(3000)]  # 192 MB in 64 KB blocks: heap, not mmap
+    del blocks
+    with measure_memory(torch.device("cpu")) as report:
+        pass
+    assert report.rss_at_train_start_bytes < before + 50 * 2**20
+
+
+def test_release_freed_memory_is_safe_to_repeat():
+    release_freed_memory()
+    release_freed_memory()
 
 
 def test_process_peak_rss_is_at_least_the_current_rss():

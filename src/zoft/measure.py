@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import resource
 import sys
 import threading
@@ -92,9 +95,21 @@ class MemoryReport:
         return {key: value for key, value in self.__dict__.items() if value is not None}
 
 
+def release_freed_memory() -> None:
+    """Hand the memory that earlier phases freed (evaluation batches, a linear probe's forward passes) back
+    to the operating system, so that the resident memory sampled next belongs to the phase measured: glibc
+    keeps freed small blocks in its heap, where they would count as the next phase's."""
+    gc.collect()
+    # A libc other than glibc (musl) has no malloc_trim; its RSS then includes the retained blocks.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 @contextmanager
 def measure_memory(device: torch.device):
     """Peak memory of the enclosed phase; the report is filled when the block exits."""
+    release_freed_memory()
     report = MemoryReport(device=str(device), train_peak_rss_bytes=0, process_peak_rss_bytes=0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -125,6 +125,8 @@ class Trainer:
         self.config, self.run, self.console = config, run, console
         set_seed(config.train.seed)
         self.device = pick_device(config.train.device)
+        # Read now, not when the run ends: the source tree may change under a long run.
+        self.environment = environment(self.device)
         self.data: TaskData = load_task_data(config.data, seed=config.train.seed)
         self.task = self.data.task
         model, self.tokenizer = load_task_model(config.model, self.task)
@@ -334,7 +336,7 @@ class Trainer:
                      "sizes": {name: len(split.labels) for name, split in self.data.splits.items()}},
             "head_init": self.head_init,
             "warnings": self.state.warnings,
-            **environment(self.device),
+            **self.environment,
         }
 
 
