@@ -37,6 +37,7 @@ def test_compare_runs_each_method_on_identical_data_and_writes_the_report(tmp_pa
     assert summaries["mezo-lora"]["passes"] == {"forward": 12, "backward": 0}
     report = (out / "report" / "report.md").read_text()
     assert "LoRA" in report and "MeZO (LoRA)" in report
+    assert report.count("zoft compare --out") == 1 and "# LoRA, MeZO (LoRA)\nzoft compare --out" in report
     for plot in ("metrics.png", "loss.png", "cost.png"):
         assert (out / "report" / plot).is_file()
 

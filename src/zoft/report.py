@@ -377,9 +377,13 @@ def header_section(runs: Sequence[Run], title: str) -> str:
                        [_provenance_row(run) for run in runs], numbers=False),
         "", "Commands that produced them:", "", "```sh",
     ]
+    by_command: dict[str, list[str]] = {}  # one compare command makes several runs: show it once
     for run in runs:
         command = run.summary.get("command")
-        lines += [f"# {run.label}", shlex.join(command) if command else "# (not recorded: see config.yaml)"]
+        by_command.setdefault(shlex.join(command) if command else "# (not recorded: see config.yaml)", []).append(
+            run.label)
+    for command, labels in by_command.items():
+        lines += [f"# {', '.join(labels)}", command]
     return "\n".join([*lines, "```"])
 
 

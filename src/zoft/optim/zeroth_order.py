@@ -479,8 +479,8 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
 
         p <- p - lr * (mean_i(g_i * z_i) + weight_decay * p)
 
-    All ``g_i`` are measured at the same point; the update is applied afterwards, one parameter slice
-    and one perturbation at a time, regenerating each ``z_i`` from its seed.
+    All ``g_i`` are measured at the same point; the update is applied afterwards, one bucket of parameter
+    slices and one perturbation at a time, regenerating each ``z_i`` from its seed.
 
     Reproducibility contract: the trainable parameters, in param-group order, are cut into slices: a
     parameter with more than ``max_chunk_numel`` elements is tiled along its first dimension (recursively
