@@ -1,7 +1,7 @@
 """MeZO's cost next to inference and backprop, measured side by side in one run on one model and batch.
 
     .venv/bin/python benchmarks/mezo_speed_memory.py [--model minilm] [--batch-size 16] [--repeats 20]
-                                                     [--random-init] [--device cuda]
+                                                     [--random-init] [--device cuda] [--profile mezo-all]
 
 Prints, with the targets of the MeZO issue:
   - MeZO step time ÷ (2 × inference forward time), for params lora and params all   (target ≤ 1.10)
@@ -99,6 +99,22 @@ def measure_times(args: argparse.Namespace, device: torch.device) -> dict[str, f
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def print_profile(variant: str, args: argparse.Namespace, device: torch.device) -> None:
+    """torch.profiler's busiest operators over `--repeats` steps of one variant (after one warm-up step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step, _ = setup(variant, args, device)
+    step()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device.type == "cuda" else [])]
+    with profile(activities=activities) as profiler:
+        for _ in range(args.repeats):
+            step()
+    synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"{variant}: {args.repeats} steps")
+    print(profiler.key_averages().table(sort_by=sort_by, row_limit=15))
+
+
 def measure_peak_memory(variant: str, args: argparse.Namespace, device: torch.device) -> int:
     step, _ = setup(variant, args, device)
     step()
@@ -150,6 +166,7 @@ def main() -> None:
     parser.add_argument("--random-init", action="store_true", help="random weights from the model's config.json")
     parser.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", str(REPO.parent / "shared/glue_data")))
     parser.add_argument("--json", help="also write the measurements to this file")
+    parser.add_argument("--profile", choices=VARIANTS, help="only print torch.profiler's table for this variant")
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import transformers
@@ -157,6 +174,9 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     device = pick_device(args.device)
+    if args.profile:
+        print_profile(args.profile, args, device)
+        return
     if args.memory_of:
         print(json.dumps({"peak_bytes": measure_peak_memory(args.memory_of, args, device)}))
         return
