@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,16 @@ from PIL import Image
 
 from zoft.cli import main
 from zoft.errors import ZoftError
-from zoft.report import format_bytes, format_count, format_metric, format_seconds, label_runs, load_run, write_report
+from zoft.report import (
+    format_bytes,
+    format_count,
+    format_metric,
+    format_seconds,
+    label_runs,
+    load_run,
+    plot_style,
+    write_report,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -116,6 +126,14 @@ def test_plots_are_valid_pngs_linked_from_the_report(tmp_path, lora_run, mezo_ru
         assert width >= 800 and height >= 400
 
 
+def test_runs_shorter_than_one_logging_interval_still_get_a_loss_plot(train_once, tmp_path):
+    run = train_once("--method", "mezo", "--log-every", "10")  # 6 steps: no training record
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about a legend with nothing in it
+        report = write_report([run], tmp_path / "report")
+    assert (report.parent / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
 def test_a_run_that_does_not_beat_the_majority_class_is_flagged(tmp_path, lora_run, mezo_run):
     report = write_report([lora_run, mezo_run], tmp_path / "report").read_text()
     findings = section(report, "Findings")
@@ -205,6 +223,12 @@ def test_runs_of_one_method_are_told_apart_by_their_config(lora_run):
     other = replace(run, config={**run.config, "method": {**run.config["method"], "lr": 0.5}})
     assert [r.label for r in label_runs([run, other])] == [f"LoRA lr={run.config['method']['lr']:g}", "LoRA lr=0.5"]
     assert [r.label for r in label_runs([run, run])] == [f"LoRA {lora_run.name} #1", f"LoRA {lora_run.name} #2"]
+
+
+def test_plot_styles_stay_distinct_beyond_the_colours():
+    # 16 runs (a settings exploration) once drew two runs in the same colour and marker
+    assert len({tuple(plot_style(i).values()) for i in range(56)}) == 56
+    assert len({(plot_style(i)["color"], plot_style(i)["linestyle"]) for i in range(32)}) == 32  # the loss plot's lines
 
 
 def test_numbers_are_formatted_for_people():

@@ -36,7 +36,8 @@ MEZO_TABLE_ROWS = 8
 MAX_DYNAMICS_ROWS = 40
 PLOT_DPI = 120
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 against 8 colours: a (colour, marker) pair repeats after 56 runs
+LINESTYLES = ("-", "--", ":", "-.")
 ONE_CLASS_MARK = "†"
 
 
@@ -717,8 +718,11 @@ def _recorded_warnings(runs: Sequence[Run]) -> list[str]:
 # -- plots -----------------------------------------------------------------------------------------------
 
 
-def _style(index: int) -> dict[str, Any]:
-    return {"color": COLORS[index % len(COLORS)], "marker": MARKERS[index % len(MARKERS)]}
+def plot_style(index: int) -> dict[str, Any]:
+    """Colour, marker and line style of the index-th run: each round of the colours gets the next line style,
+    so that runs stay apart in plots whose lines carry no markers (the loss plot)."""
+    return {"color": COLORS[index % len(COLORS)], "marker": MARKERS[index % len(MARKERS)],
+            "linestyle": LINESTYLES[index // len(COLORS) % len(LINESTYLES)]}
 
 
 def _axis_unit(largest: float, units: Sequence[tuple[str, float]], at_least: float = 1) -> tuple[str, float]:
@@ -748,7 +752,7 @@ def plot_metric_curves(runs: Sequence[Run], path: Path) -> None:
             if not points:
                 continue
             xs, ys, one_class = (np.array(column) for column in zip(*points, strict=True))
-            style = _style(index)
+            style = plot_style(index)
             ax.plot(xs / x_size, ys * scale, label=run.label, linewidth=1.8, markersize=6, **style)
             ax.plot(xs[one_class] / x_size, ys[one_class] * scale, linestyle="none", markersize=6,
                     markerfacecolor="white", markeredgecolor=style["color"], marker=style["marker"])
@@ -784,7 +788,8 @@ def plot_loss(runs: Sequence[Run], path: Path) -> None:
     for index, run in enumerate(runs):
         if not run.train:
             continue
-        color = _style(index)["color"]
+        style = plot_style(index)
+        color = style["color"]
         steps = np.array([r["step"] for r in run.train])
         loss = np.array([r.get("loss", math.nan) for r in run.train], dtype=float)
         span = min(50, max(1, len(loss) / 5))
@@ -793,13 +798,17 @@ def plot_loss(runs: Sequence[Run], path: Path) -> None:
                             [r.get("loss_plus", math.nan) for r in run.train], color=color, alpha=0.15, linewidth=0)
         ax.plot(steps, loss, color=color, alpha=0.3, linewidth=0.8)
         status = "" if run.status == "completed" else f" [{run.status}]"
-        ax.plot(steps, _ema(loss, span), color=color, linewidth=2, label=run.label + status)
+        ax.plot(steps, _ema(loss, span), color=color, linestyle=style["linestyle"], linewidth=2,
+                label=run.label + status)
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss")
     band = "; shaded: MeZO's loss+ … loss−" if any(run.is_mezo for run in runs) else ""
     ax.set_title(f"{runs[0].task}: training loss (bold: EMA-smoothed; faint: each logged step{band})")
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+    if any(run.train for run in runs):
+        ax.legend(frameon=False)
+    else:  # runs shorter than one logging interval
+        ax.text(0.5, 0.5, "no training step logged", transform=ax.transAxes, ha="center", color="0.4")
     figure.savefig(path, dpi=PLOT_DPI)
 
 
@@ -819,7 +828,7 @@ def _bars(ax: Any, runs: Sequence[Run], values: list[float | None], show: Callab
           quantity: str, units: Sequence[tuple[str, float]]) -> None:
     unit, size = _axis_unit(max((v for v in values if not _missing(v)), default=0), units)
     heights = [0 if _missing(v) else v / size for v in values]
-    bars = ax.bar(range(len(runs)), heights, color=[_style(i)["color"] for i in range(len(runs))])
+    bars = ax.bar(range(len(runs)), heights, color=[plot_style(i)["color"] for i in range(len(runs))])
     ax.bar_label(bars, [show(v) for v in values], padding=2)
     ax.set_ylabel(f"{quantity} ({unit})")
     ax.margins(y=0.15)
