@@ -222,6 +222,7 @@ def test_null_clears_an_optional_key():
         ({"warmup_ratio": "1"}, "warmup_ratio"),
         ({"method": "mezo", "momentum": "1"}, "momentum"),
         ({"text_columns": "a,b,c"}, "text_columns"),
+        ({"task": "stsb", "head": "prompt"}, "head"),  # before any data is read
     ],
 )
 def test_out_of_range_values(overrides, key):
