@@ -250,6 +250,9 @@ def test_runs_that_differ_only_in_the_seed_get_mean_and_std(train_once, tmp_path
     row = next(line for line in over_seeds.splitlines() if line.startswith("| LoRA"))
     assert "13, 21" in row and "| 2 |" in row
     assert f"{100 * np.mean(accuracies):.2f}% ± {100 * np.std(accuracies):.2f}%" in row
+    starts = [eval_records(run)[0]["test/accuracy"] for run in seeds]
+    assert table_rows(over_seeds)[0]["Test accuracy at step 0: mean ± std"] == (
+        f"{100 * np.mean(starts):.2f}% ± {100 * np.std(starts):.2f}%")
     assert "| MeZO" not in over_seeds  # a lone run has no seeds to average over
 
 

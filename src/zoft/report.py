@@ -101,6 +101,11 @@ class Run:
         return self.evals[-1] if self.evals else {}
 
     @property
+    def start(self) -> Record:
+        """The evaluation before the first step (empty if the run did not evaluate at step 0)."""
+        return self.evals[0] if self.evals and self.evals[0].get("step") == 0 else {}
+
+    @property
     def steps(self) -> int | None:
         return self.summary.get("steps", _last(self.train, "step"))
 
@@ -459,20 +464,29 @@ def seeds_section(runs: Sequence[Run]) -> str | None:
     metric = runs[0].main_metric
     rows = []
     for group in groups:
-        values = [run.best.get(f"test/{metric}") for run in group]
-        values = [v for v in values if not _missing(v)]
-        mean, std = (float(np.mean(values)), float(np.std(values))) if values else (None, None)
         seeds = ", ".join(str(_flat_config(run.config).get("seed")) for run in group)
         best_steps = ", ".join(str(run.best.get("step", "?")) for run in group)
-        rows.append([_seed_group_label(group, groups), seeds, str(len(values)),
-                     f"{format_metric(mean, metric)} ± {format_metric(std, metric)}" if values else "n/a",
-                     best_steps, format_metric(group[0].baseline, metric)])
-    header = ["Method", "Seeds", "Runs", f"Best test {_metric_title(metric)}: mean ± std", "Best steps",
-              "Majority class"]
+        rows.append([_seed_group_label(group, groups), seeds, str(len(group)),
+                     _mean_std([run.best.get(f"test/{metric}") for run in group], metric), best_steps,
+                     _mean_std([run.start.get(f"test/{metric}") for run in group], metric),
+                     format_metric(group[0].baseline, metric)])
+    title = _metric_title(metric)
+    header = ["Method", "Seeds", "Runs", f"Best test {title}: mean ± std", "Best steps",
+              f"Test {title} at step 0: mean ± std", "Majority class"]
     note = ("Runs whose configs differ only in the seed (which also draws the hold-out and any k-shot sample); "
             "std is the population standard deviation over seeds, as LM-BFF and MeZO report it. Best steps: the "
-            "step each seed's validation chose (step 0 means training did not improve on the starting model).")
+            "step each seed's validation chose (step 0 means training did not improve on the starting model). "
+            "Step 0: the starting model (e.g. a linear-probe head), before any training step.")
     return "\n".join(["## Over seeds", "", markdown_table(header, rows), "", f"- {note}"])
+
+
+def _mean_std(values: Sequence[float | None], metric: str) -> str:
+    """'mean ± std' over the values that are known, with how many when some are not."""
+    known = [v for v in values if not _missing(v)]
+    if not known:
+        return "n/a"
+    text = f"{format_metric(float(np.mean(known)), metric)} ± {format_metric(float(np.std(known)), metric)}"
+    return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)})"
 
 
 def _seed_group_label(group: list[Run], groups: list[list[Run]]) -> str:
