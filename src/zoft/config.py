@@ -24,6 +24,7 @@ import yaml
 from zoft.errors import ZoftError
 
 Method = Literal["lora", "full", "mezo"]
+PROMPT_HEAD = "config key 'head': prompt (label words scored at a mask token; head=classifier for regression)"
 Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 
 
@@ -396,11 +397,9 @@ def _check_values(config: RunConfig) -> None:
             raise ZoftError(f"config key 'params': '{m.params}' is not a valid regular expression ({error})") from None
     _check_combinations(m, mo)
     if mo.head == "prompt" and d.task.strip().lower() != "custom":
-        from zoft.data.tasks import get_task  # here: zoft.data imports this module
+        from zoft.data.tasks import get_task, require_classification  # here: zoft.data imports this module
 
-        if get_task(d.task).is_regression:
-            raise ZoftError(f"config key 'head': prompt scores label words, so it needs a classification task; "
-                            f"{d.task} is a regression task: use head=classifier")
+        require_classification(get_task(d.task), PROMPT_HEAD)
     if d.text_columns is not None and not 1 <= len(d.text_columns) <= 2:
         raise ZoftError(f"config key 'text_columns': expected one or two columns, got {d.text_columns}")
 

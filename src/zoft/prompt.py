@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from zoft.config import ModelConfig
+from zoft.config import PROMPT_HEAD, ModelConfig
 from zoft.data.sources import Examples
-from zoft.data.tasks import TaskSpec
+from zoft.data.tasks import TaskSpec, require_classification
 from zoft.errors import ZoftError
 
 PROMPT_FILE = "zoft_prompt.json"
@@ -143,9 +143,7 @@ DEFAULT_TEMPLATES: dict[str, Template] = {
 
 def task_template(cfg: ModelConfig, task: TaskSpec) -> Template:
     """The task's default template and label words, or the user's `template` / `label_words`, checked."""
-    if task.is_regression:
-        raise ZoftError(f"head=prompt scores label words, so it needs a classification task; {task.name} is a "
-                        "regression task: use head=classifier")
+    require_classification(task, PROMPT_HEAD)
     default = DEFAULT_TEMPLATES.get(task.name)
     text = cfg.template or (default.text if default else None)
     words = cfg.label_words or (default.label_words if default else None)

@@ -56,6 +56,12 @@ class TaskSpec:
         return tuple(split for split, _ in self.test_files)
 
 
+def require_classification(task: TaskSpec, setting: str) -> None:
+    """Refuse a regression task for `setting`, which needs classes; the message names the setting."""
+    if task.is_regression:
+        raise ZoftError(f"{setting} needs a classification task; {task.name} is a regression task")
+
+
 BINARY = ("0", "1")
 ENTAILMENT = ("entailment", "not_entailment")
 ACCURACY = ("accuracy",)
