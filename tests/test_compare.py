@@ -56,16 +56,6 @@ def test_a_time_budget_stops_each_method(tmp_path, tiny_run_args):
     assert summary["final"]["step"] == 1
 
 
-def test_the_mezo_paper_kshot_preset_is_a_valid_config():
-    from zoft.compare import PRESETS
-    from zoft.config import build_config
-
-    config = build_config(PRESETS / "mezo-paper-kshot.yaml", {"model": "roberta-large", "task": "sst2", "seed": "13"})
-    assert (config.data.k_shot, config.model.head, config.method.method, config.method.params) == (
-        16, "prompt", "mezo", "all")
-    assert (config.method.lr, config.method.eps, config.train.batch_size) == (1e-6, 1e-3, 64)
-
-
 def test_compare_on_mrpc_with_minilm_starts_mezo_lora_from_the_swept_preset():
     configs = plan(["lora", "mezo-lora"], {"task": "mrpc", "model": "minilm"}, [])
     mezo = configs["mezo-lora"]

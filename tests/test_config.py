@@ -78,7 +78,9 @@ def test_every_key_has_help_and_is_unique():
 
 # -- override spellings and YAML layouts ---------------------------------------------------------------------
 
-OVERRIDES = {"lr": "1e-4", "batch_size": "4", "target_modules": "query,value", "method": "mezo", "model": "x"}
+# A hub name that is not there: with an explicit head nothing asks the model what it is (head=auto would).
+OVERRIDES = {"lr": "1e-4", "batch_size": "4", "target_modules": "query,value", "method": "mezo", "model": "x",
+             "head": "classifier"}
 
 
 def test_three_override_spellings_agree():
@@ -115,12 +117,13 @@ def test_yaml_nested_and_flat_agree(tmp_path):
     nested = tmp_path / "nested.yaml"
     nested.write_text(yaml.safe_dump({
         "data": {"task": "rte", "max_length": 64},
-        "model": {"model": "some/model", "lora_r": 4},
+        "model": {"model": "some/model", "lora_r": 4, "head": "classifier"},
         "method": {"method": "mezo", "eps": 0.01},
         "train": {"steps": 20, "seed": 7},
     }))
     flat = tmp_path / "flat.yaml"
     flat.write_text(yaml.safe_dump({"task": "rte", "max_length": 64, "model": "some/model", "lora_r": 4,
+                                    "head": "classifier",
                                     "method": "mezo", "eps": 0.01, "steps": 20, "seed": 7}))
     from_nested, from_flat = build_config(nested), build_config(flat)
     assert from_nested == from_flat
@@ -266,3 +269,96 @@ def test_apply_overrides_does_not_touch_its_input():
     changed = apply_overrides(base, {"lr": "1e-3", "steps": "5"})
     assert changed.method.lr == 1e-3 and changed.train.steps == 5
     assert base.method.lr is None and base.train.steps is None
+
+
+# -- defaults that depend on the model and the task -----------------------------------------------------
+
+
+@pytest.fixture
+def mlm_config(tmp_path):
+    """A folder holding only a BertForMaskedLM config.json: what head=auto reads."""
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+               architectures=["BertForMaskedLM"]).save_pretrained(tmp_path / "mlm")
+    return str(tmp_path / "mlm")
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "mezo"])
+def test_a_masked_lm_gets_the_prompt_head_and_the_tasks_prompt(mlm_config, method):
+    config = build_config(overrides={"model": mlm_config, "task": "rte", "method": method})
+    assert config.model.head == "prompt"
+    assert (config.model.template, config.model.label_words) == ("{s1-}? {mask}, {s2l}", ["Yes", "No"])
+
+
+def test_a_model_without_masked_lm_head_gets_the_classifier():
+    config = build_config(overrides={"model": "minilm", "task": "sst2", "method": "mezo"})
+    assert (config.model.head, config.model.template, config.model.label_words) == ("classifier", None, None)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"task": "stsb"},  # regression: no label words
+    {"pooling": "mean"}, {"head_init": "linear-probe", "pooling": "cls"}, {"head": "classifier"},
+    {"method": "mezo", "head_grad": "exact"},
+    {"task": "custom", "text_columns": "a"},  # no prompt of its own
+])
+def test_auto_stays_a_classifier_where_one_is_asked_for_or_no_prompt_fits(mlm_config, overrides):
+    assert build_config(overrides={"model": mlm_config, **overrides}).model.head == "classifier"
+
+
+def test_a_custom_task_with_its_own_prompt_is_prompt_based(mlm_config):
+    config = build_config(overrides={"model": mlm_config, "task": "custom", "text_columns": "a",
+                                     "template": "{s1} So it is {mask}.", "label_words": "bad,good"})
+    assert config.model.head == "prompt" and config.model.label_words == ["bad", "good"]
+
+
+def test_head_auto_names_the_model_it_cannot_read(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ZoftError, match=r"cannot reach the Hugging Face hub .* 'no/such-model'"):
+        build_config(overrides={"model": "no/such-model"})
+    assert build_config(overrides={"model": "no/such-model", "head": "classifier"}).model.head == "classifier"
+
+
+def test_task_lengths_and_selection_follow_the_task():
+    assert build_config(overrides={"task": "rte"}).data.max_length == 256
+    assert build_config(overrides={"task": "mnli"}).data.max_length == 256
+    assert build_config(overrides={"task": "mrpc"}).data.max_length == 128
+    assert build_config(overrides={"task": "rte", "max_length": "64"}).data.max_length == 64
+    assert build_config(overrides={"task": "mrpc"}).train.select_metric == "accuracy"
+    assert build_config(overrides={"task": "mrpc", "select_metric": "lm-bff"}).train.select_metric == "f1"
+    assert build_config(overrides={"task": "cola", "select_metric": "lm-bff"}).train.select_metric == "matthews"
+    with pytest.raises(ZoftError, match="'select_metric': lm-bff needs a GLUE task"):
+        build_config(overrides={"task": "custom", "text_columns": "a", "select_metric": "lm-bff"})
+
+
+def test_k_shot_runs_draw_shuffled_batches_unless_told_otherwise():
+    assert build_config(overrides={"k_shot": "16"}).train.group_by_length is False
+    assert build_config().train.group_by_length is True
+    assert build_config(overrides={"k_shot": "16", "group_by_length": "true"}).train.group_by_length is True
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_mezo_in_half_precision_is_refused_unless_accepted(dtype):
+    with pytest.raises(ZoftError, match=f"'dtype': MeZO in {dtype} drifts the weights"):
+        build_config(overrides={"method": "mezo", "dtype": dtype})
+    accepted = build_config(overrides={"method": "mezo", "dtype": dtype, "mezo_half_precision": "true"})
+    assert accepted.model.dtype == dtype
+    assert build_config(overrides={"method": "lora", "dtype": dtype}).model.dtype == dtype
+
+
+def test_train_lm_head_needs_a_prompt_and_lora(mlm_config):
+    assert build_config(overrides={"model": mlm_config, "method": "mezo", "train_lm_head": "true"}).model.train_lm_head
+    for overrides in ({"method": "full"}, {"method": "mezo", "params": "all"}, {"head": "classifier"}):
+        with pytest.raises(ZoftError, match="'train_lm_head' applies to head=prompt with LoRA"):
+            build_config(overrides={"model": mlm_config, "train_lm_head": "true", **overrides})
+
+
+def test_divergence_check_can_be_switched_off():
+    assert build_config(overrides={"divergence_factor": "0"}).train.divergence_factor == 0
+    with pytest.raises(ZoftError, match="'divergence_factor': must be >= 0"):
+        build_config(overrides={"divergence_factor": "-1"})
+
+
+def test_resolving_twice_changes_nothing(mlm_config):
+    config = build_config(overrides={"model": mlm_config, "task": "mrpc", "k_shot": "16", "method": "mezo"})
+    assert resolve(from_dict(yaml.safe_load(to_yaml(config)))) == config

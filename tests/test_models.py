@@ -1,6 +1,4 @@
-"""Model resolution and loading, LoRA adapters, and what each method trains."""
-
-from pathlib import Path
+"""Model loading, LoRA adapters, and what each method trains."""
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ from zoft.models import (
     linear_module_names,
     load_model,
     prepare_trainable,
-    resolve_model_path,
     select_trainable,
 )
 
@@ -28,34 +25,6 @@ def tiny(tiny_bert):
     cfg = ModelConfig(model=str(tiny_bert))
     model, tokenizer = load_model(cfg, num_labels=2)
     return model, tokenizer, cfg
-
-
-# -- resolution --------------------------------------------------------------------------------------------
-
-
-def test_minilm_alias_is_the_packaged_folder(minilm_path):
-    path, local_only = resolve_model_path("minilm")
-    assert Path(path) == minilm_path
-    assert local_only is True
-    assert (Path(path) / "config.json").is_file()
-
-
-def test_local_folder_resolves_to_itself(tiny_bert):
-    assert resolve_model_path(str(tiny_bert)) == (str(tiny_bert), True)
-
-
-def test_missing_folder_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ZoftError, match="model folder no-such-model does not exist"):
-        resolve_model_path("./no-such-model")
-    with pytest.raises(ZoftError, match="does not exist"):
-        resolve_model_path(str(tmp_path / "a" / "b" / "c"))
-
-
-def test_folder_without_config_is_an_error(tmp_path):
-    (tmp_path / "weights.bin").write_bytes(b"")
-    with pytest.raises(ZoftError, match=r"has no config\.json"):
-        resolve_model_path(str(tmp_path))
 
 
 # -- loading -------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Prompt-based fine-tuning: templates, label words read at the mask, training through the CLI, reloading."""
+"""Prompt-based fine-tuning: label words read at the mask, training through the CLI, reloading."""
 
 import importlib.util
 import json
@@ -8,63 +8,20 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from zoft import presets
 from zoft.cli import build_parser, main
 from zoft.config import ModelConfig, build_config
 from zoft.data.batches import collate, encode
 from zoft.data.sources import Examples
 from zoft.data.splits import load_task_data
-from zoft.data.tasks import get_task
-from zoft.errors import ZoftError
+from zoft.data.templates import DEFAULT_TEMPLATES, Template
 from zoft.evaluate import evaluate_split
-from zoft.models import add_lora, input_format
-from zoft.prompt import DEFAULT_TEMPLATES, PromptClassifier, Template, lm_head, task_template
+from zoft.models import add_lora, input_format, prepare_trainable
+from zoft.prompt import PromptClassifier, lm_head
 from zoft.runs import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-LABEL_WORDS = ("great", "terrible", "Yes", "No", "Maybe", "correct", "incorrect")
 SST2 = Examples([("a gripping , funny film",), ("dull",), ("the plot is thin and the acting is worse",)], [1, 0, 0])
-
-
-@pytest.fixture(scope="session")
-def tiny_roberta(tmp_path_factory) -> Path:
-    """A 2-layer RobertaForMaskedLM with random weights and a byte-level BPE tokenizer.
-
-    No BPE vocabulary (vocab.json + merges.txt) is installed in the venv, so the tokenizer is trained here
-    with the `tokenizers` library on a few sentences that hold the label words, and wrapped in
-    transformers' RobertaTokenizer (the fast, tokenizers-backed one in transformers 5).
-    """
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-roberta")
-    corpus = [f"so. It was {word}. This is {word}, {word}? {word}" for word in LABEL_WORDS] * 20
-    corpus += ["a gripping, funny film", "dull", "the plot is thin and the acting is worse", "A man sleeps."] * 5
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=600, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    trained = json.loads(bpe.to_str())["model"]
-    tokenizer = RobertaTokenizer(vocab=trained["vocab"], merges=[tuple(merge) for merge in trained["merges"]])
-    config = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **TINY)
-    torch.manual_seed(0)
-    RobertaForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_bert_mlm(tmp_path_factory, minilm_path) -> Path:
-    """A 2-layer BertForMaskedLM with random weights and MiniLM's uncased WordPiece tokenizer."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    folder = tmp_path_factory.mktemp("tiny-bert-mlm")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **TINY)).save_pretrained(
-        folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def tokens(tokenizer, feature: dict) -> list[str]:
@@ -84,103 +41,6 @@ def label_logits_at_mask(masked_lm, batch: dict, mask_id: int, label_ids: list[i
     with torch.no_grad():
         logits = masked_lm(**{k: v for k, v in batch.items() if k != "labels"}).logits
     return logits[rows, positions][:, label_ids]
-
-
-# -- templates -------------------------------------------------------------------------------------------
-
-
-def test_sst2_renders_like_lm_bff_in_bpe_and_wordpiece(tiny_roberta, tiny_bert_mlm):
-    roberta = AutoTokenizer.from_pretrained(tiny_roberta)
-    feature = DEFAULT_TEMPLATES["sst2"].encode(SST2, roberta, 64)[1]
-    assert tokens(roberta, feature) == ["<s>", *roberta.tokenize("dull"), "ĠIt", "Ġwas", "<mask>", ".", "</s>"]
-    assert set(feature) == {"input_ids", "attention_mask", "labels"} and feature["labels"] == 0
-
-    bert = AutoTokenizer.from_pretrained(tiny_bert_mlm)
-    feature = DEFAULT_TEMPLATES["sst2"].encode(SST2, bert, 64)[1]
-    assert tokens(bert, feature) == ["[CLS]", "dull", "it", "was", "[MASK]", ".", "[SEP]"]
-    assert feature["token_type_ids"] == [0] * 7 and feature["attention_mask"] == [1] * 7
-
-
-def test_pair_templates_render_both_sentences_around_the_mask(tiny_roberta):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_roberta)
-    pair = Examples([("A man sleeps.", "A man is asleep.")], [0])
-    mrpc = DEFAULT_TEMPLATES["mrpc"].encode(pair, tokenizer, 64)[0]
-    assert tokenizer.decode(mrpc["input_ids"]) == "<s>A man sleeps.<mask>, A man is asleep.</s>"
-    rte = DEFAULT_TEMPLATES["rte"].encode(pair, tokenizer, 64)[0]
-    assert tokenizer.decode(rte["input_ids"]) == "<s>A man sleeps.?<mask>, A man is asleep.</s>"
-
-
-def test_label_words_are_single_tokens_with_a_leading_space(tiny_roberta, tiny_bert_mlm):
-    roberta = AutoTokenizer.from_pretrained(tiny_roberta)
-    ids = DEFAULT_TEMPLATES["mnli"].label_token_ids(roberta)
-    assert roberta.convert_ids_to_tokens(ids) == ["ĠNo", "ĠYes", "ĠMaybe"]
-    bert = AutoTokenizer.from_pretrained(tiny_bert_mlm)
-    assert bert.convert_ids_to_tokens(DEFAULT_TEMPLATES["mnli"].label_token_ids(bert)) == ["no", "yes", "maybe"]
-
-
-@pytest.mark.parametrize("words", [("terrible", "supercalifragilistic"), ("great", "xqzxqzxqz")])
-def test_a_label_word_that_is_not_one_token_is_named(tiny_roberta, tiny_bert_mlm, words):
-    for folder in (tiny_roberta, tiny_bert_mlm):
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        with pytest.raises(ZoftError, match=f"'label_words': '{words[1]}' is not a single token"):
-            Template("{s1} It was {mask}.", words).encode(SST2, tokenizer, 64)
-
-
-def test_label_words_that_collide_after_lower_casing_are_refused(tiny_bert_mlm):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
-    with pytest.raises(ZoftError, match="not distinct"):
-        Template("{s1} {mask}", ("Yes", "yes")).label_token_ids(tokenizer)
-
-
-def test_truncation_cuts_the_longest_sentence_and_keeps_template_and_mask(tiny_bert_mlm):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
-    long, short = " ".join(["word"] * 50), "a short one"
-    feature = DEFAULT_TEMPLATES["rte"].encode(Examples([(long, short)], [0]), tokenizer, 16)[0]
-    assert len(feature["input_ids"]) == 16
-    assert tokens(tokenizer, feature) == ["[CLS]", *["word"] * 8, "?", "[MASK]", ",", "a", "short", "one", "[SEP]"]
-    sst2 = DEFAULT_TEMPLATES["sst2"].encode(Examples([(long,)], [1]), tokenizer, 10)[0]
-    assert tokens(tokenizer, sst2)[-5:] == ["it", "was", "[MASK]", ".", "[SEP]"] and len(sst2["input_ids"]) == 10
-    with pytest.raises(ZoftError, match="'max_length': 5 tokens cannot hold the template"):
-        DEFAULT_TEMPLATES["sst2"].encode(Examples([(long,)], [1]), tokenizer, 5)
-
-
-def test_a_sentence_holding_the_mask_token_is_refused(tiny_bert_mlm):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
-    with pytest.raises(ZoftError, match="example 1: its text contains the mask token"):
-        DEFAULT_TEMPLATES["sst2"].encode(Examples([("fine",), ("a [MASK] here",)], [0, 1]), tokenizer, 64)
-
-
-def test_encode_takes_the_template_from_input_format(tiny_bert_mlm):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_mlm)
-    fmt = input_format(ModelConfig(head="prompt"), get_task("sst2"))
-    encoded = encode(SST2, tokenizer, 64, **fmt)
-    assert encoded.labels == [1, 0, 0]
-    assert all(feature["input_ids"].count(tokenizer.mask_token_id) == 1 for feature in encoded.features)
-
-
-# -- task_template ---------------------------------------------------------------------------------------
-
-
-def test_defaults_follow_the_task_label_order():
-    assert task_template(ModelConfig(head="prompt"), get_task("rte")).label_words == ("Yes", "No")
-    assert task_template(ModelConfig(head="prompt"), get_task("mnli")).label_words == ("No", "Yes", "Maybe")
-    assert task_template(ModelConfig(head="prompt"), get_task("cola")).label_words == ("incorrect", "correct")
-    mine = task_template(ModelConfig(head="prompt", template="{mask} : {s1}", label_words=["bad", "good"]),
-                         get_task("sst2"))
-    assert mine == Template("{mask} : {s1}", ("bad", "good"))
-
-
-@pytest.mark.parametrize(("task", "template", "words", "message"), [
-    ("sst2", "{s1} It was.", None, r"'template': .* has \{mask\} 0 times"),
-    ("sst2", "{s1} {mask}, {s2}", None, r"'template': .* has \{s2\} 1 times; task sst2 \(a single-sentence task\)"),
-    ("mrpc", "{s1} {mask}", None, r"'template': .* has \{s2\} 0 times; task mrpc \(a pair task\) needs it 1 times"),
-    ("sst2", "{s1} {x} {mask}", None, r"'template': unknown placeholder \{x\}"),
-    ("sst2", None, ["bad", "good", "fine"], r"'label_words': task sst2 has 2 labels \(0, 1\), got 3 words"),
-    ("stsb", None, None, "stsb is a regression task"),
-])
-def test_task_template_refuses_what_does_not_fit(task, template, words, message):
-    with pytest.raises(ZoftError, match=message):
-        task_template(ModelConfig(head="prompt", template=template, label_words=words), get_task(task))
 
 
 # -- the model -------------------------------------------------------------------------------------------
@@ -246,6 +106,68 @@ def test_backprop_memorises_a_few_examples(tiny_bert_mlm):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_roberta", "tiny_bert_mlm"])
+def test_only_the_label_words_rows_of_the_vocabulary_are_projected(request, fixture):
+    model, tokenizer = prompt_model(request.getfixturevalue(fixture), DEFAULT_TEMPLATES["sst2"])
+    assert model.label_rows_only  # the head's decoder is its last step: checked on the loaded weights
+    batch = collate(DEFAULT_TEMPLATES["sst2"].encode(SST2, tokenizer, 64), tokenizer)
+    decoder = model.masked_lm().get_output_embeddings()
+    calls = []
+    decoder.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    with torch.no_grad():
+        fast = model(**batch).logits
+        model.label_rows_only = False
+        full = model(**batch).logits
+    assert calls == [(3, decoder.out_features)]  # only the full path ran the whole vocabulary
+    torch.testing.assert_close(fast, full)
+
+
+HEAD_PARAMETERS = {  # the masked-LM head's own parameters (its decoder weight is the input embedding matrix)
+    "tiny_bert_mlm": {"cls.predictions.bias", "cls.predictions.transform.dense.weight",
+                      "cls.predictions.transform.dense.bias", "cls.predictions.transform.LayerNorm.weight",
+                      "cls.predictions.transform.LayerNorm.bias"},
+    "tiny_roberta": {"lm_head.bias", "lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight",
+                     "lm_head.layer_norm.bias"},
+}
+
+
+@pytest.mark.parametrize("fixture", list(HEAD_PARAMETERS))
+@pytest.mark.parametrize("method", ["lora", "mezo"])
+def test_train_lm_head_trains_the_heads_transform_and_bias_beside_lora(request, fixture, method):
+    model, _ = prompt_model(request.getfixturevalue(fixture), DEFAULT_TEMPLATES["sst2"])
+    model = prepare_trainable(model, ModelConfig(lora_r=4, head="prompt", train_lm_head=True), method, "lora")
+    trainable = {name.removeprefix("backbone.base_model.model."): p for name, p in model.named_parameters()
+                 if p.requires_grad}
+    assert {name for name in trainable if "lora_" not in name} == HEAD_PARAMETERS[fixture]
+    assert all(name.endswith(("query.lora_A.default.weight", "query.lora_B.default.weight",
+                              "value.lora_A.default.weight", "value.lora_B.default.weight"))
+               for name in trainable if "lora_" in name)
+    embeddings = model.masked_lm().get_input_embeddings().weight
+    assert not embeddings.requires_grad and model.masked_lm().get_output_embeddings().weight is embeddings
+    hidden, vocabulary = model.masked_lm().config.hidden_size, model.masked_lm().config.vocab_size
+    head_size = hidden * hidden + hidden + 2 * hidden + vocabulary  # dense weight and bias, layer norm, output bias
+    assert sum(p.numel() for name, p in trainable.items() if "lora_" not in name) == head_size
+
+
+def test_a_trained_lm_head_is_saved_beside_the_adapter_and_reloaded(tiny_bert_mlm, tmp_path):
+    model, tokenizer = prompt_model(tiny_bert_mlm, DEFAULT_TEMPLATES["sst2"])
+    model = prepare_trainable(model, ModelConfig(lora_r=4, head="prompt", train_lm_head=True), "lora", None)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and "lora_A" not in name:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(tmp_path)
+    batch = collate(DEFAULT_TEMPLATES["sst2"].encode(SST2, tokenizer, 64), tokenizer)
+    with torch.no_grad():
+        trained = model.eval()(**batch).logits
+        torch.testing.assert_close(PromptClassifier.from_pretrained(tmp_path, tiny_bert_mlm).eval()(**batch).logits,
+                                   trained)
+        (tmp_path / "lm_head.safetensors").unlink()  # without it the reload would lose the head's training
+        assert not torch.allclose(PromptClassifier.from_pretrained(tmp_path, tiny_bert_mlm).eval()(**batch).logits,
+                                  trained)
 
 
 @pytest.mark.parametrize("lora", [True, False])
@@ -366,14 +288,15 @@ def test_table18_commands_are_valid_zoft_train_commands(table18, tmp_path):
     args = table18.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "runs")])
     assert args.seeds == [13, 21, 42, 87, 100]
     for seed in args.seeds:
-        config = build_config(overrides=table18.train_overrides(args, seed))
+        config = build_config(presets.FOLDER / f"{table18.PRESET}.yaml", table18.train_overrides(args, seed))
         assert (config.model.model, config.model.head, config.data.task) == ("roberta-large", "prompt", "sst2")
         assert (config.data.k_shot, config.train.seed, config.train.batch_size) == (16, seed, 64)
         assert (config.method.method, config.method.params, config.method.lr, config.method.eps) == (
             "mezo", "all", 1e-6, 1e-3)
         assert (config.method.schedule, config.method.weight_decay) == ("constant", 0.0)
+        assert (config.data.test_limit, config.train.select_step_zero) == (1000, False)
         argv = table18.train_argv(args, seed)
-        assert argv[:3] == ["train", "--out", str(tmp_path / "runs" / f"seed{seed}")]
+        assert argv[:5] == ["train", "--out", str(tmp_path / "runs" / f"seed{seed}"), "--preset", table18.PRESET]
         assert build_parser().parse_args(argv).command == "train"
 
 
@@ -382,7 +305,7 @@ def test_table18_fails_fast_without_a_gpu_or_the_model(table18, monkeypatch, rea
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         table18.main(["--data-dir", str(real_glue)])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("zoft.models._in_hub_cache", lambda name: False)
+    monkeypatch.setattr("zoft.pretrained._in_hub_cache", lambda name: False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit, match=r"cannot reach the Hugging Face hub .* to download the model 'roberta-large'"):
         table18.main(["--data-dir", str(real_glue)])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from zoft.cli import main
@@ -267,3 +268,43 @@ def test_seed_groups_of_one_method_are_told_apart_by_their_config(train_once, tm
 
 def test_no_seed_section_without_repeated_seeds(lora_run, mezo_run, tmp_path):
     assert "## Over seeds" not in write_report([lora_run, mezo_run], tmp_path / "report").read_text()
+
+
+def test_the_setup_table_shows_what_each_run_trains_and_bolds_the_differences(tmp_path, lora_run, mezo_run):
+    report = write_report([lora_run, mezo_run], tmp_path / "report").read_text()
+    rows = {row["Run"]: row for row in table_rows(section(report, "Setup"))}
+    assert rows["LoRA"]["Head"] == rows["MeZO (LoRA)"]["Head"] == "classifier"  # alike: not bold
+    assert rows["LoRA"]["Batch"] == rows["MeZO (LoRA)"]["Batch"] == "8"
+    assert rows["LoRA"]["ε"] == "n/a" and rows["MeZO (LoRA)"]["ε"] == "0.001"
+    assert rows["LoRA"]["lr"].startswith("**") and rows["MeZO (LoRA)"]["lr"] == "**0.0001**"  # the methods' own
+    assert rows["MeZO (LoRA)"]["Trainable set"].startswith("LoRA r8 (default modules), ")
+    assert "Not like for like" not in section(report, "Findings")
+
+
+def test_a_setup_that_differs_beyond_the_method_is_flagged(tmp_path, lora_run, mezo_run):
+    prompt = copy_run(mezo_run, tmp_path / "prompt")
+    config = yaml.safe_load((prompt / "config.yaml").read_text())
+    config["model"].update(head="prompt", template="{s1} {mask}, {s2l}", label_words=["No", "Yes"])
+    config["train"]["batch_size"] = 64
+    (prompt / "config.yaml").write_text(yaml.safe_dump(config))
+    report = write_report([lora_run, prompt], tmp_path / "report").read_text()
+    rows = {row["Run"]: row for row in table_rows(section(report, "Setup"))}
+    assert (rows["LoRA"]["Head"], rows["MeZO (LoRA)"]["Head"]) == ("**classifier**", "**prompt**")
+    assert rows["MeZO (LoRA)"]["Batch"] == "**64**"
+    assert "Templates (label words in label order): `{s1} {mask}, {s2l}` (No/Yes)." in section(report, "Setup")
+    findings = section(report, "Findings")
+    assert ("Not like for like: the runs differ beyond the method in their setup: head (LoRA classifier, MeZO (LoRA) "
+            "prompt); template (LoRA None, MeZO (LoRA) {s1} {mask}, {s2l})") in findings
+    assert "batch_size (LoRA 8, MeZO (LoRA) 64)" in findings
+    assert "lr (" not in findings  # a method's own settings are not a flaw of the comparison
+
+
+def test_a_best_checkpoint_at_step_0_is_credited_to_the_start_not_the_method(tmp_path, lora_run):
+    run = copy_run(lora_run, tmp_path / "unimproved")
+    summary = summary_of(run)
+    summary["best"] = {**eval_records(run)[0], "step": 0}
+    (run / "summary.json").write_text(json.dumps(summary))
+    findings = section(write_report([run], tmp_path / "report").read_text(), "Findings")
+    assert "(step 0, before any training step)" in findings
+    assert ("No training step improved on the starting model (validation chose step 0, the model before training): "
+            "LoRA") in findings

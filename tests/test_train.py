@@ -141,3 +141,30 @@ def test_every_shared_glue_task_trains_with_its_metric(tmp_path, tiny_run_args, 
     assert summary["task"] == task
     assert {key.split("/")[1] for key in summary["best"] if key.startswith("test/")} - {"majority_share"} == metrics
     assert summary["select_metric"] == f"validation/{sorted(metrics)[0] if task != 'stsb' else 'pearson'}"
+
+
+def test_step_zero_is_never_chosen_when_the_papers_selection_is_asked_for(tmp_path, tiny_run_args):
+    """The tiny random model predicts one class at every evaluation: step 0's score is never beaten, so zoft's
+    default selection keeps step 0, and the MeZO paper's (select_step_zero=false) the first later evaluation."""
+    runs = {}
+    for zero in ("true", "false"):
+        runs[zero] = tmp_path / zero
+        assert main(["train", "--out", str(runs[zero]), "--method", "mezo", "--select-step-zero", zero,
+                     *tiny_run_args]) == 0
+    evals = [r for r in read_jsonl(runs["true"] / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals[0]["validation/accuracy"] >= max(r["validation/accuracy"] for r in evals[1:])
+    assert json.loads((runs["true"] / "summary.json").read_text())["best"]["step"] == 0
+    best = json.loads((runs["false"] / "summary.json").read_text())["best"]
+    later = [r for r in evals[1:] if r["validation/accuracy"] == max(e["validation/accuracy"] for e in evals[1:])]
+    assert best["step"] == later[0]["step"] == 3
+
+
+def test_mezo_with_a_random_classifier_on_a_masked_lm_is_warned_about(tmp_path, tiny_bert_mlm, real_glue, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--model", str(tiny_bert_mlm), "--data-dir", str(real_glue), "--task",
+                 "sst2", "--head", "classifier", "--method", "mezo", "--train-limit", "32", "--validation-fraction",
+                 "0.002", "--steps", "2", "--eval-every", "2", "--max-length", "32"]) == 0
+    warning = ("MeZO with a randomly initialised classifier head on a masked LM: without a prompt MeZO stays near "
+               "chance (the MeZO paper's Table 5")
+    assert warning in capsys.readouterr().err
+    assert any(w.startswith(warning) for w in json.loads((run / "summary.json").read_text())["warnings"])

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zoft.config import build_config, config_keys, load_yaml
+from zoft import presets
+from zoft.config import build_config, config_keys, load_yaml, to_yaml
 from zoft.errors import ZoftError
 
 
@@ -34,6 +35,11 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def preset_file(args: argparse.Namespace) -> Path | None:
+    """The one preset of train and sweep: a file or a packaged preset's name."""
+    return presets.find(args.preset, [])[0] if args.preset else None
+
+
 def default_out(config) -> Path:
     method = config.method.method + (f"-{config.method.params}" if config.method.method == "mezo" else "")
     return Path("runs") / f"{config.data.task}-{method}"
@@ -50,11 +56,15 @@ def run_train(args: argparse.Namespace) -> int:
             raise ZoftError("--resume needs --out, the run folder to continue")
         RunFolder(args.out).check(overwrite=args.overwrite, resume=True)
         config = RunFolder(args.out).read_config()
-        if overrides:
+        if overrides or args.preset:
             raise ZoftError("--resume continues the run exactly as configured in its config.yaml; "
                             "drop the config options")
     else:
-        config = build_config(overrides=overrides)
+        preset = preset_file(args)
+        config = build_config(overrides={**(load_yaml(preset) if preset else {}), **overrides})
+    if args.plan:
+        print(to_yaml(config), end="")
+        return 0
     out = Path(args.out) if args.out else default_out(config)
     try:
         summary = train(config, out, overwrite=args.overwrite, resume=args.resume,
@@ -87,7 +97,10 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.budget_minutes is not None:
         overrides["max_minutes"] = args.budget_minutes
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    configs = compare.plan(methods, overrides, [Path(p) for p in args.preset], args.budget_forwards)
+    configs = compare.plan(methods, overrides, args.preset, args.budget_forwards)
+    if args.plan:
+        print(compare.describe_plan(configs), end="")
+        return 0
     out = Path(args.out or f"runs/compare-{next(iter(configs.values())).data.task}")
     try:
         folders = compare.run_all(configs, out, train_callable(args), overwrite=args.overwrite)
@@ -100,12 +113,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from zoft import sweep
+    from zoft import compare, sweep
     from zoft.compare import method_name
     from zoft.train import Interrupted
 
     grid = sweep.parse_grid(args.grid)
-    points = sweep.plan(grid, collect_overrides(args))
+    points = sweep.plan(grid, collect_overrides(args), preset_file(args))
+    if args.plan:
+        print(compare.describe_plan({sweep.point_name(point): config for point, config in points}), end="")
+        return 0
     out = Path(args.out or f"runs/sweep-{points[0][1].data.task}-{method_name(points[0][1])}")
     try:
         results = sweep.run_sweep(points, out, train_callable(args))
@@ -136,6 +152,12 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+PRESET_HELP = ("settings under the config options: a file of config keys or a packaged preset (e.g. "
+               "paper-kshot-mezo-lora, the MeZO paper's k-shot MeZO (LoRA)); default for sweep: the packaged one "
+               "for the task and model")
+PLAN_HELP = "print the fully resolved config of each run and exit, loading no weights (a hub model: its config.json)"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one `zoft: error:` line like every other error (exit status 2)."""
 
@@ -152,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace a run already in the folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    train.add_argument("--plan", action="store_true", help=PLAN_HELP)
+    train.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
     add_config_options(train)
     train.set_defaults(handler=run_train)
 
@@ -163,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--budget-minutes", type=float, help="stop each method after this many minutes of training")
     compare.add_argument("--budget-forwards", type=int,
                          help="give each method this many forward passes (sets its steps)")
-    compare.add_argument("--preset", action="append", default=[], metavar="FILE",
-                         help="a method's settings (e.g. a sweep's best.yaml); may be repeated")
+    compare.add_argument("--preset", action="append", default=[], metavar="FILE|NAME",
+                         help="a method's settings: a file (e.g. a sweep's best.yaml), a packaged preset, or a family "
+                              "of them (paper-kshot: the MeZO paper's settings for each method); may be repeated")
+    compare.add_argument("--plan", action="store_true", help=PLAN_HELP)
     compare.add_argument("--overwrite", action="store_true", help="replace runs already in the folder")
     compare.add_argument("--quiet", action="store_true", help="print nothing but errors and the report path")
     add_config_options(compare)
@@ -176,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="sweep folder (default: runs/sweep-<task>-<method>)")
     sweep.add_argument("--report-dir", help="folder for the table, heat map and best.yaml (default: --out)")
     sweep.add_argument("--quiet", action="store_true", help="print nothing but errors and the result paths")
+    sweep.add_argument("--plan", action="store_true", help=PLAN_HELP)
+    sweep.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
     add_config_options(sweep)
     sweep.set_defaults(handler=run_sweep)
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zoft.config import METHOD_ALIASES, RunConfig, build_config, load_yaml
+from zoft import presets
+from zoft.config import METHOD_ALIASES, RunConfig, build_config, load_yaml, to_yaml
 from zoft.errors import ZoftError
 from zoft.runs import RunFolder
 
@@ -22,7 +23,6 @@ METHODS: dict[str, dict[str, str]] = {
        if name != "mezo-all"},
 }
 DEFAULT_METHODS = ("lora", "mezo-lora")
-PRESETS = Path(__file__).parent / "presets"
 
 
 def method_keys(name: str) -> dict[str, str]:
@@ -37,12 +37,6 @@ def method_name(config: RunConfig) -> str:
     return next((name for name, known in METHODS.items() if known == keys), f"mezo-{config.method.params}")
 
 
-def packaged_preset(task: str, model: str, method: str) -> Path | None:
-    """The settings a sweep chose on the validation split for this task, model and method, if any."""
-    path = PRESETS / f"{task}-{model.replace('/', '--')}-{method}.yaml"
-    return path if path.is_file() else None
-
-
 def preset_method(path: Path) -> str:
     """The method a preset file is for, read from its method (and params) keys."""
     return method_name(build_config(path))
@@ -55,10 +49,13 @@ def forwards_per_step(config: RunConfig) -> int:
     return m.grad_accumulation * (2 * m.n_perturbations if m.method == "mezo" else 1)
 
 
-def plan(methods: list[str], overrides: dict[str, Any], presets: list[Path],
+def plan(methods: list[str], overrides: dict[str, Any], preset_names: list[str],
          budget_forwards: int | None = None) -> dict[str, RunConfig]:
-    """The config of each method: defaults, then its preset, then the user's overrides, then the method."""
-    by_method = {preset_method(path): path for path in presets}
+    """The config of each method: defaults, then its preset, then the user's overrides, then the method.
+
+    A method's preset is the one given (`preset_names`: files, packaged names or families), else the
+    packaged one for the task, model and head (zoft.presets.packaged), else none."""
+    by_method = {preset_method(path): path for name in preset_names for path in presets.find(name, methods)}
     unused = set(by_method) - set(methods)
     if unused:
         raise ZoftError(f"--preset given for {', '.join(sorted(unused))}, which is not among the methods compared")
@@ -66,7 +63,7 @@ def plan(methods: list[str], overrides: dict[str, Any], presets: list[Path],
     for name in methods:
         keys = method_keys(name)
         probe = build_config(overrides={**overrides, **keys})
-        preset = by_method.get(name) or packaged_preset(probe.data.task, probe.model.model, name)
+        preset = by_method.get(name) or presets.packaged(probe.data.task, probe.model.model, probe.model.head, name)
         preset_keys = load_yaml(preset) if preset else {}
         config = build_config(overrides={**preset_keys, **overrides, **keys})
         if budget_forwards is not None:
@@ -74,6 +71,18 @@ def plan(methods: list[str], overrides: dict[str, Any], presets: list[Path],
                                              "steps": max(1, budget_forwards // forwards_per_step(config))})
         configs[name] = config
     return configs
+
+
+def describe_plan(configs: dict[str, RunConfig]) -> str:
+    """Each method's resolved config as a YAML document, then the keys whose values differ between them."""
+    documents = [f"# {name}\n{to_yaml(config)}" for name, config in configs.items()]
+    flat = {name: {key: value for section in config.to_dict().values() for key, value in section.items()}
+            for name, config in configs.items()}
+    keys = dict.fromkeys(key for values in flat.values() for key in values)
+    differing = [f"#   {key}: " + ", ".join(f"{name}={values[key]}" for name, values in flat.items())
+                 for key in keys if len({repr(values[key]) for values in flat.values()}) > 1]
+    summary = ["# differences between the methods:", *(differing or ["#   none"])] if len(configs) > 1 else []
+    return "---\n".join(documents) + "\n".join(summary) + ("\n" if summary else "")
 
 
 def run_all(configs: dict[str, RunConfig], out: Path, train: Callable[..., dict[str, Any]],

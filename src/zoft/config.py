@@ -21,10 +21,13 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from zoft.data.tasks import MAX_LENGTH, TaskSpec, get_task
+from zoft.data.templates import task_template
 from zoft.errors import ZoftError
+from zoft.pretrained import has_masked_lm_head
 
 Method = Literal["lora", "full", "mezo"]
-PROMPT_HEAD = "config key 'head': prompt (label words scored at a mask token; head=classifier for regression)"
+LM_BFF = "lm-bff"  # select_metric: what LM-BFF's and MeZO's code select on (TaskSpec.lm_bff_metric)
 Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 
 
@@ -42,16 +45,32 @@ class DataConfig:
     test_file: str | None = _help("task=custom: CSV or JSONL file scored as the test split", default=None)
     text_columns: list[str] | None = _help("task=custom: one or two text columns, comma-separated", default=None)
     label_column: str = _help("task=custom: the label column", default="label")
-    validation_fraction: float = _help("share of train held out (stratified) as the validation split", default=0.1)
+    validation_fraction: float = _help(
+        "share of train held out (stratified) as the validation split (k_shot draws its own instead)", default=0.1)
     train_limit: int | None = _help("keep at most this many training examples (after the hold-out)", default=None)
-    k_shot: int | None = _help("keep K training and K validation examples per class (MeZO protocol)", default=None)
-    max_length: int = _help("truncate inputs to this many tokens", default=128)
+    k_shot: int | None = _help(
+        "K training and K validation examples per class, drawn from the training file as the MeZO paper's data "
+        "script draws them (the same seed gives the same examples; the paper's seeds: 13, 21, 42, 87, 100)",
+        default=None,
+    )
+    test_limit: int | None = _help(
+        "score at most this many test examples, drawn as the MeZO paper's data script draws them (it keeps 1000)",
+        default=None,
+    )
+    max_length: int | None = _help(
+        f"truncate inputs to this many tokens (default: the task's, {MAX_LENGTH}; 256 for RTE and MNLI, as the "
+        "MeZO paper's code runs them)",
+        default=None,
+    )
 
 
 @dataclass
 class ModelConfig:
-    model: str = _help("Hugging Face model name, local folder, or the alias 'minilm' (offline default)",
-                       default="minilm")
+    model: str = _help(
+        "Hugging Face model name, local folder, or an offline alias: minilm (the default; no masked-LM head), "
+        "bert-tiny-mlm (a small real masked LM, for prompt-based runs offline)",
+        default="minilm",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = _help("parameter dtype", default="float32")
     lora_r: int = _help("LoRA rank", default=8)
     lora_alpha: float = _help("LoRA alpha (scale = alpha / r)", default=16.0)
@@ -60,13 +79,16 @@ class ModelConfig:
         "modules that get LoRA adapters, comma-separated; default: PEFT's choice for the model family",
         default=None,
     )
-    head: Literal["classifier", "prompt"] = _help(
-        "classifier: a classification head; prompt: label words scored by the masked-LM head at a mask "
-        "token of a template (MeZO / LM-BFF prompt-based fine-tuning; needs a model with an MLM head)",
-        default="classifier",
+    head: Literal["auto", "classifier", "prompt"] = _help(
+        "prompt: label words scored by the masked-LM head at a mask token of a template (MeZO / LM-BFF "
+        "prompt-based fine-tuning; needs a model with an MLM head); classifier: a classification head; auto: "
+        "prompt for a masked LM on a classification task (MeZO without a prompt stays near chance: the MeZO "
+        "paper's Table 5), unless pooling or head_init ask for a classifier; else classifier",
+        default="auto",
     )
     template: str | None = _help(
-        "head=prompt: the template, with {s1}, {s2} and {mask} (default: the task's, e.g. MRPC '{s1} {mask} , {s2}')",
+        "head=prompt: the template, with {s1}, {s2} and {mask}; {s1-} drops a sentence's last character, {s2l} "
+        "lower-cases its first letter (default: the task's, LM-BFF's, e.g. RTE '{s1-}? {mask}, {s2l}')",
         default=None,
     )
     label_words: list[str] | None = _help("head=prompt: one word per label, comma-separated (default: the task's)",
@@ -85,6 +107,12 @@ class ModelConfig:
         "linear-probe: fit the head by logistic regression on the frozen features of the training split "
         "before training starts",
         default="random",
+    )
+    train_lm_head: bool = _help(
+        "head=prompt with LoRA (lora, mezo with params lora): train the masked-LM head's transform (dense, layer "
+        "norm) and output bias beside the adapters, as the MeZO paper's code does; its decoder, tied to the input "
+        "embeddings, stays frozen",
+        default=False,
     )
 
 
@@ -135,6 +163,11 @@ class MethodConfig:
         default="zo",
     )
     head_lr: float = _help("mezo with head_grad=exact: the head's AdamW learning rate", default=1e-3)
+    mezo_half_precision: bool = _help(
+        "mezo: accept dtype float16 or bfloat16 (refused otherwise: the rounding of every perturb-and-restore "
+        "adds up over a run's steps and drifts the weights)",
+        default=False,
+    )
 
 
 @dataclass
@@ -149,7 +182,11 @@ class TrainConfig:
         default=None,
     )
     batch_size: int = _help("examples per micro-batch", default=16)
-    group_by_length: bool = _help("batch training examples of similar length (less padding, faster)", default=True)
+    group_by_length: bool | None = _help(
+        "batch training examples of similar length (less padding, faster); default: true, but false with k_shot "
+        "(a K-shot set is a few batches: grouped by length they would be the same batches every epoch)",
+        default=None,
+    )
     eval_batch_size: int = _help("examples per evaluation batch", default=64)
     eval_every: int = _help("evaluate validation and test every this many steps (and at the end)", default=100)
     log_every: int = _help("write a metrics line every this many steps", default=10)
@@ -159,10 +196,20 @@ class TrainConfig:
                       default=42)
     device: str = _help("auto, cpu, cuda, cuda:N, mps", default="auto")
     divergence_factor: float = _help(
-        "stop as diverged when the mean loss of the last 10 steps exceeds this multiple of the first 10", default=5.0
+        "stop as diverged when the mean loss of the last 10 steps exceeds this multiple of the first 10 (0: only a "
+        "non-finite loss stops a run)",
+        default=5.0,
     )
-    select_metric: str | None = _help("validation metric that chooses the best checkpoint (default: the task's)",
-                                      default=None)
+    select_metric: str | None = _help(
+        f"validation metric that chooses the best checkpoint (default: the task's); {LM_BFF}: the one LM-BFF's and "
+        "the MeZO paper's code choose by (F1 for MRPC and QQP, else the task's)",
+        default=None,
+    )
+    select_step_zero: bool = _help(
+        "the evaluation before the first step may be chosen as the best checkpoint (the MeZO paper's code never "
+        "chooses it: it evaluates after training steps only)",
+        default=True,
+    )
 
 
 @dataclass
@@ -341,7 +388,8 @@ MEZO_ALL_LR = 1e-6
 
 
 def resolve(config: RunConfig) -> RunConfig:
-    """Fill the method-dependent defaults and check values that types alone cannot."""
+    """Fill the defaults that depend on the method, the task and the model, and check values that types
+    alone cannot. Resolving a resolved config changes nothing."""
     m, t, d = config.method, config.train, config.data
     defaults = METHOD_DEFAULTS[m.method]
     if m.method == "mezo" and m.params is None:
@@ -357,8 +405,40 @@ def resolve(config: RunConfig) -> RunConfig:
         t.steps = defaults["steps"]
     if d.data_dir is None and os.environ.get("GLUE_DIR") and d.task != "custom":
         d.data_dir = os.environ["GLUE_DIR"]
+    task = None if d.task.strip().lower() == "custom" else get_task(d.task)
+    if d.max_length is None:
+        d.max_length = task.max_length if task else MAX_LENGTH
+    if t.group_by_length is None:
+        t.group_by_length = d.k_shot is None
+    if t.select_metric == LM_BFF:
+        if task is None:
+            raise ZoftError(f"config key 'select_metric': {LM_BFF} needs a GLUE task; name the metric for task custom "
+                            "(accuracy or f1)")
+        t.select_metric = task.lm_bff_metric
+    if t.select_metric is None:
+        t.select_metric = task.main_metric if task else "accuracy"
+    _resolve_head(config.model, m, task)
     _check_values(config)
     return config
+
+
+def _resolve_head(mo: ModelConfig, m: MethodConfig, task: TaskSpec | None) -> None:
+    """head=auto becomes prompt or classifier; a prompt head gets the task's template and label words
+    where the user gave none, so that config.yaml records the prompt a run used."""
+    if mo.head == "auto":
+        mo.head = "prompt" if _prompt_fits(mo, m, task) and has_masked_lm_head(mo.model) else "classifier"
+    if mo.head == "prompt" and task is not None:
+        template = task_template(task, mo.template, mo.label_words)
+        mo.template, mo.label_words = template.text, list(template.label_words)
+
+
+def _prompt_fits(mo: ModelConfig, m: MethodConfig, task: TaskSpec | None) -> bool:
+    """The task has classes and a prompt (its own, or the user's), and no key asks for a classifier."""
+    asks_for_classifier = (mo.pooling != "model" or mo.head_init != "random" or mo.pair_encoding != "joint"
+                           or m.head_grad == "exact")
+    if task is None:
+        return not asks_for_classifier and mo.template is not None and mo.label_words is not None
+    return not asks_for_classifier and not task.is_regression and task.template is not None
 
 
 def _check_values(config: RunConfig) -> None:
@@ -366,19 +446,21 @@ def _check_values(config: RunConfig) -> None:
     positive = {
         "lr": m.lr, "eps": m.eps, "n_perturbations": m.n_perturbations, "grad_accumulation": m.grad_accumulation,
         "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "eval_every": t.eval_every,
-        "log_every": t.log_every, "divergence_factor": t.divergence_factor, "max_length": d.max_length,
+        "log_every": t.log_every, "max_length": d.max_length,
         "lora_r": mo.lora_r, "lora_alpha": mo.lora_alpha, "svrg_every": m.svrg_every,
     }
     for key, value in positive.items():
         if value is None or value <= 0:
             raise ZoftError(f"config key '{key}': must be > 0, got {value}")
     optional_positive = {"steps": t.steps, "epochs": t.epochs, "train_limit": d.train_limit, "k_shot": d.k_shot,
+                         "test_limit": d.test_limit,
                          "max_minutes": t.max_minutes, "max_forward_passes": t.max_forward_passes,
                          "n_perturbations_final": m.n_perturbations_final}
     for key, value in optional_positive.items():
         if value is not None and value <= 0:
             raise ZoftError(f"config key '{key}': must be > 0, got {value}")
     non_negative = {"weight_decay": m.weight_decay, "momentum": m.momentum, "lora_dropout": mo.lora_dropout,
+                    "divergence_factor": t.divergence_factor,
                     "checkpoint_every": t.checkpoint_every, "max_grad_norm": m.max_grad_norm or 0.0,
                     "svrg_batches": m.svrg_batches, "svrg_lr_full": m.svrg_lr_full or 0.0}
     for key, value in non_negative.items():
@@ -396,10 +478,6 @@ def _check_values(config: RunConfig) -> None:
         except re.error as error:
             raise ZoftError(f"config key 'params': '{m.params}' is not a valid regular expression ({error})") from None
     _check_combinations(m, mo)
-    if mo.head == "prompt" and d.task.strip().lower() != "custom":
-        from zoft.data.tasks import get_task, require_classification  # here: zoft.data imports this module
-
-        require_classification(get_task(d.task), PROMPT_HEAD)
     if d.text_columns is not None and not 1 <= len(d.text_columns) <= 2:
         raise ZoftError(f"config key 'text_columns': expected one or two columns, got {d.text_columns}")
 
@@ -422,9 +500,19 @@ def _check_combinations(m: MethodConfig, mo: ModelConfig) -> None:
                         "it takes no pooling and no head_init")
     if (mo.template is not None or mo.label_words is not None) and mo.head != "prompt":
         raise ZoftError("config keys 'template' and 'label_words' apply to head=prompt only")
+    if mo.train_lm_head and (mo.head != "prompt" or not _trains_lora(m)):
+        raise ZoftError("config key 'train_lm_head' applies to head=prompt with LoRA (method lora, or mezo with "
+                        "params lora); other methods choose their parameters with params")
+    if m.method == "mezo" and mo.dtype != "float32" and not m.mezo_half_precision:
+        raise ZoftError(f"config key 'dtype': MeZO in {mo.dtype} drifts the weights (each perturb-and-restore "
+                        "rounds them, step after step); keep float32, or set mezo_half_precision=true to accept it")
     if m.head_grad == "exact" and (m.method != "mezo" or mo.head == "prompt"):
         raise ZoftError("config key 'head_grad': exact applies to method mezo with a classification head")
     _check_svrg(m)
+
+
+def _trains_lora(m: MethodConfig) -> bool:
+    return m.method == "lora" or (m.method == "mezo" and m.params == "lora")
 
 
 def _check_svrg(m: MethodConfig) -> None:

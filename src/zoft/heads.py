@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from zoft.config import ModelConfig
 from zoft.data.batches import SECOND
 from zoft.data.tasks import TaskSpec
+from zoft.pretrained import load_pretrained
 
 HEAD_FILE = "zoft_head.json"
 
@@ -72,9 +75,6 @@ class PooledClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, base_model: str | Path) -> PooledClassifier:
         """Reload a saved classifier; `base_model` is the encoder a saved LoRA adapter was trained on."""
-        from peft import PeftModel
-        from transformers import AutoModel
-
         folder = Path(folder)
         description = json.loads((folder / HEAD_FILE).read_text())
         if (folder / "backbone" / "adapter_config.json").is_file():
@@ -94,10 +94,6 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def load_pooled_model(cfg: ModelConfig, task: TaskSpec) -> tuple[PooledClassifier, Any]:
-    from transformers import AutoModel
-
-    from zoft.models import load_pretrained
-
-    backbone, tokenizer = load_pretrained(AutoModel, cfg)
+    backbone, tokenizer = load_pretrained(AutoModel, cfg.model, cfg.dtype)
     separate = cfg.pair_encoding == "separate" and task.is_pair
     return PooledClassifier(backbone, task.num_labels, cfg.pooling, separate), tokenizer

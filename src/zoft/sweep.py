@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from zoft.compare import method_keys, method_name, packaged_preset
+from zoft import presets
+from zoft.compare import method_keys, method_name
 from zoft.config import RunConfig, build_config, config_keys, load_yaml
 from zoft.errors import ZoftError
 from zoft.runs import RunFolder
@@ -68,12 +69,16 @@ class SweepResult:
         return self.status == "completed" and self.score is not None and not math.isnan(self.score)
 
 
-def plan(grid: dict[str, list[str]], overrides: dict[str, Any]) -> list[tuple[dict[str, str], RunConfig]]:
-    """The config of every grid point; each is checked before anything trains."""
-    base = build_config(overrides=overrides)
-    keys = method_keys(method_name(base))
-    preset = packaged_preset(base.data.task, base.model.model, method_name(base))
+def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | None = None
+         ) -> list[tuple[dict[str, str], RunConfig]]:
+    """The config of every grid point: `preset` (else the packaged one for the task, model, head and method),
+    then the overrides, then the point; each is checked before anything trains."""
     preset_keys = load_yaml(preset) if preset else {}
+    base = build_config(overrides={**preset_keys, **overrides})
+    keys = method_keys(method_name(base))
+    if preset is None:
+        packaged = presets.packaged(base.data.task, base.model.model, base.model.head, method_name(base))
+        preset_keys = load_yaml(packaged) if packaged else {}
     return [(point, build_config(overrides={**preset_keys, **overrides, **point, **keys}))
             for point in grid_points(grid)]
 

@@ -1,7 +1,8 @@
-"""Hold-out, k-shot and limits: seeded, stratified, and the test split untouched."""
+"""Hold-out, k-shot and limits: seeded, stratified, the test split untouched or capped as the MeZO paper caps it."""
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from zoft.config import DataConfig
@@ -65,15 +66,84 @@ def test_holdout_known_split_does_not_drift():
 EXPECTED_HOLDOUT_SEED_42 = [4, 8, 15, 17]
 
 
-def test_k_shot_keeps_k_per_class():
-    picked = k_shot(_examples({0: 40, 1: 25, 2: 16}), 16, seed=13)
-    assert Counter(picked.labels) == {0: 16, 1: 16, 2: 16}
-    assert picked.texts == k_shot(_examples({0: 40, 1: 25, 2: 16}), 16, seed=13).texts
+def test_k_shot_keeps_k_per_class_for_train_and_as_many_for_validation():
+    train, validation = k_shot(_examples({0: 40, 1: 32, 2: 33}), 16, seeds=[13])
+    assert Counter(train.labels) == Counter(validation.labels) == {0: 16, 1: 16, 2: 16}
+    assert not set(train.texts) & set(validation.texts)
+    assert train.texts == k_shot(_examples({0: 40, 1: 32, 2: 33}), 16, seeds=[13])[0].texts
+    assert train.texts != k_shot(_examples({0: 40, 1: 32, 2: 33}), 16, seeds=[21])[0].texts
 
 
 def test_k_shot_refuses_a_class_that_is_too_small():
-    with pytest.raises(ZoftError, match="k_shot=16: class 1 has only 15 examples in the train split"):
-        k_shot(_examples({0: 40, 1: 15}), 16, seed=13)
+    with pytest.raises(ZoftError, match=r"k_shot=16: class 1 has 31 training examples; K-shot needs 32 \(16 for "
+                                        r"train and 16 for validation\)"):
+        k_shot(_examples({0: 40, 1: 31}), 16, seeds=[13])
+
+
+# The MeZO paper's data script (princeton-nlp/MeZO medium_models/tools/generate_k_shot_data.py), written out
+# here from its code on the raw lines of the GLUE files: what zoft's k-shot splits must equal line for line.
+SCRIPT_SEEDS = [100, 13, 21, 42, 87]  # its default --seed, in its order
+LABEL_FIELD = {"SST-2": -1, "MRPC": 0, "RTE": -1, "CoLA": 1}
+TEXT_FIELDS = {"SST-2": (0,), "MRPC": (3, 4), "RTE": (1, 2), "CoLA": (3,)}
+
+
+def script_k_shot(folder, glue_dir: str, k: int, seed: int) -> tuple[list, list, list]:
+    """(train, dev, test) lines as the script writes them for `seed` in its mode k-shot-1k-test."""
+    with open(folder / glue_dir / "train.tsv", encoding="utf-8-sig") as f:
+        train_lines = f.readlines()
+    with open(folder / glue_dir / "dev.tsv", encoding="utf-8-sig") as f:
+        test_lines = f.readlines()
+    if glue_dir != "CoLA":  # split_header: a slice, a new list; CoLA's list itself, shuffled in place seed after seed
+        train_lines, test_lines = train_lines[1:], test_lines[1:]
+    for each in SCRIPT_SEEDS:
+        train = train_lines if glue_dir == "CoLA" else list(train_lines)
+        test = test_lines if glue_dir == "CoLA" else list(test_lines)
+        np.random.seed(each)
+        np.random.shuffle(train)
+        if len(test) > 1000:
+            np.random.seed(42)
+            np.random.shuffle(test)
+            test = test[:1000]
+        if each == seed:
+            break
+    label_list: dict[str, list[str]] = {}
+    for line in train:
+        label_list.setdefault(line.strip().split("\t")[LABEL_FIELD[glue_dir]], []).append(line)
+    return ([line for lines in label_list.values() for line in lines[:k]],
+            [line for lines in label_list.values() for line in lines[k : 2 * k]], test)
+
+
+def texts(lines: list[str], glue_dir: str) -> list[tuple[str, ...]]:
+    return [tuple(line.rstrip("\n").split("\t")[i] for i in TEXT_FIELDS[glue_dir]) for line in lines]
+
+
+@pytest.mark.parametrize(("task", "glue_dir", "k", "seed"), [
+    ("sst2", "SST-2", 16, 13), ("sst2", "SST-2", 512, 42), ("mrpc", "MRPC", 16, 21), ("mrpc", "MRPC", 512, 13),
+    ("rte", "RTE", 512, 87), ("cola", "CoLA", 16, 13), ("cola", "CoLA", 512, 100), ("cola", "CoLA", 16, 42),
+])
+def test_k_shot_splits_are_the_lines_the_papers_script_writes(real_glue, task, glue_dir, k, seed):
+    data = load_task_data(DataConfig(task=task, data_dir=str(real_glue), k_shot=k, test_limit=1000), seed=seed)
+    train, dev, test = script_k_shot(real_glue, glue_dir, k, seed)
+    assert data.splits["train"].texts == texts(train, glue_dir)
+    assert data.splits["validation"].texts == texts(dev, glue_dir)
+    assert data.splits["test"].texts == texts(test, glue_dir)
+    assert Counter(data.splits["train"].labels) == Counter(data.splits["validation"].labels) == {0: k, 1: k}
+
+
+def test_the_test_cap_keeps_1000_examples_as_the_script_does(real_glue):
+    cola = load_task_data(DataConfig(task="cola", data_dir=str(real_glue), test_limit=1000), seed=13)
+    assert len(cola.splits["test"]) == 1000 and len(read_glue_folder(get_task("cola"), real_glue)["test"]) == 1043
+    sst2 = load_task_data(DataConfig(task="sst2", data_dir=str(real_glue), test_limit=1000), seed=13)
+    assert sst2.splits["test"].texts == read_glue_folder(get_task("sst2"), real_glue)["test"].texts  # 872: as read
+    uncapped = load_task_data(DataConfig(task="cola", data_dir=str(real_glue)), seed=13)
+    assert len(uncapped.splits["test"]) == 1043
+
+
+def test_k_shot_512_runs_on_every_shared_classification_task(real_glue):
+    """The old 10% hold-out first left RTE 125 validation examples a class, too few for K = 512."""
+    for task in ("rte", "mrpc", "cola", "sst2"):
+        data = load_task_data(DataConfig(task=task, data_dir=str(real_glue), k_shot=512), seed=13)
+        assert len(data.splits["train"]) == len(data.splits["validation"]) == 1024
 
 
 def test_limit_is_stratified_and_seeded():
@@ -105,14 +175,6 @@ def test_load_real_mrpc(real_glue):
     assert data.splits["test"].texts == test.texts and data.splits["test"].labels == test.labels
     assert data.label_names == ["0", "1"]
     assert data.source == f"glue folder {real_glue / 'MRPC'}"
-
-
-def test_load_real_mrpc_k_shot_applies_to_train_and_validation(real_glue):
-    data = load_task_data(DataConfig(task="mrpc", data_dir=str(real_glue), k_shot=16), seed=13)
-    assert Counter(data.splits["train"].labels) == {0: 16, 1: 16}
-    assert Counter(data.splits["validation"].labels) == {0: 16, 1: 16}
-    assert len(data.splits["test"]) == 408
-    assert not set(data.splits["train"].texts) & set(data.splits["validation"].texts)
 
 
 def test_load_real_mrpc_train_limit_applies_to_train_only(real_glue):

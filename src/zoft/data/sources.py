@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from zoft.data.tasks import HUB_DATASET, Column, TaskSpec
-from zoft.errors import ZoftError
+from zoft.errors import ZoftError, first_line
 from zoft.hub import require_hub
 
 
@@ -149,8 +149,7 @@ def _load_hub_dataset(hub_name: str) -> Any:
     try:
         return datasets.load_dataset(HUB_DATASET, hub_name)
     except Exception as error:  # any failure of the download is the user's to see, in one line
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ZoftError(f"could not load {HUB_DATASET} {hub_name} from the hub: {first_line}") from None
+        raise ZoftError(f"could not load {HUB_DATASET} {hub_name} from the hub: {first_line(error)}") from None
 
 
 def _hub_examples(task: TaskSpec, split: Any) -> Examples:

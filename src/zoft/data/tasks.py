@@ -8,6 +8,10 @@ Label order (the class index a model predicts) is the order of ``label_names``:
 - mnli: ``("contradiction", "entailment", "neutral")``, alphabetical, the order of the original GLUE
   processors (the hub numbers them differently; ``hub_label_names`` maps its ids onto ours).
 - stsb: regression (``label_names is None``), the score is a float in [0, 5].
+
+Each classification task also carries its prompt (a template and one label word per class, in label
+order) and its input length as the MeZO paper's code runs them (princeton-nlp/MeZO,
+medium_models/run_fewshot.sh, LM-BFF's templates): see :mod:`zoft.prompt` for the template syntax.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from zoft.errors import ZoftError
 Column = str | int  # a header name, or a 0-based index for files without a header row
 
 HUB_DATASET = "nyu-mll/glue"
+MAX_LENGTH = 128  # tokens; run_fewshot.sh passes --max_seq_length 128 to every task but RTE and MNLI (256)
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class TaskSpec:
     hub_text_columns: tuple[str, ...] = ()
     hub_test_splits: tuple[tuple[str, str], ...] = (("test", "validation"),)  # (split, hub split)
     hub_label_names: tuple[str, ...] | None = None  # our label name for each hub class id, in hub order
+    max_length: int = MAX_LENGTH  # the default input length in tokens
+    template: str | None = None  # the prompt (zoft.prompt's syntax), None for regression
+    label_words: tuple[str, ...] | None = None  # one word per class, in label order
 
     @property
     def is_regression(self) -> bool:
@@ -55,6 +63,12 @@ class TaskSpec:
     def test_splits(self) -> tuple[str, ...]:
         return tuple(split for split, _ in self.test_files)
 
+    @property
+    def lm_bff_metric(self) -> str:
+        """The validation metric that LM-BFF's and MeZO's code select checkpoints on (their
+        default_dev_objective): F1 where the task reports it (MRPC, QQP), else the task's main metric."""
+        return "f1" if "f1" in self.metrics else self.main_metric
+
 
 def require_classification(task: TaskSpec, setting: str) -> None:
     """Refuse a regression task for `setting`, which needs classes; the message names the setting."""
@@ -66,6 +80,11 @@ BINARY = ("0", "1")
 ENTAILMENT = ("entailment", "not_entailment")
 ACCURACY = ("accuracy",)
 ACCURACY_F1 = ("accuracy", "f1")
+# LM-BFF's templates as run_fewshot.sh writes them, in zoft's syntax: MRPC and QQP
+# *cls**sent_0**mask*,*+sentl_1**sep+*; RTE, QNLI and MNLI *cls**sent-_0*?*mask*,*+sentl_1**sep+*
+# ({s1-}: the first sentence without its last character, {s2l}: the second with its first letter lower-cased).
+PARAPHRASE = "{s1} {mask}, {s2l}"
+INFERENCE = "{s1-}? {mask}, {s2l}"
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -75,24 +94,28 @@ TASKS: dict[str, TaskSpec] = {
             text_columns=(3,), label_column=1, label_names=BINARY,
             metrics=("matthews",), main_metric="matthews",
             hub_name="cola", hub_text_columns=("sentence",), hub_label_names=BINARY,
+            template="{s1} This is {mask}.", label_words=("incorrect", "correct"),
         ),
         TaskSpec(
             name="sst2", glue_dir="SST-2",
             text_columns=("sentence",), label_column="label", label_names=BINARY,
             metrics=ACCURACY, main_metric="accuracy",
             hub_name="sst2", hub_text_columns=("sentence",), hub_label_names=BINARY,
+            template="{s1} It was {mask}.", label_words=("terrible", "great"),
         ),
         TaskSpec(
             name="mrpc", glue_dir="MRPC",
             text_columns=("#1 String", "#2 String"), label_column="Quality", label_names=BINARY,
             metrics=ACCURACY_F1, main_metric="accuracy",
             hub_name="mrpc", hub_text_columns=("sentence1", "sentence2"), hub_label_names=BINARY,
+            template=PARAPHRASE, label_words=("No", "Yes"),
         ),
         TaskSpec(
             name="qqp", glue_dir="QQP",
             text_columns=("question1", "question2"), label_column="is_duplicate", label_names=BINARY,
             metrics=ACCURACY_F1, main_metric="accuracy",
             hub_name="qqp", hub_text_columns=("question1", "question2"), hub_label_names=BINARY,
+            template=PARAPHRASE, label_words=("No", "Yes"),
         ),
         TaskSpec(
             name="stsb", glue_dir="STS-B",
@@ -109,18 +132,21 @@ TASKS: dict[str, TaskSpec] = {
             hub_name="mnli", hub_text_columns=("premise", "hypothesis"),
             hub_test_splits=(("test", "validation_matched"), ("test_mismatched", "validation_mismatched")),
             hub_label_names=("entailment", "neutral", "contradiction"),
+            max_length=256, template=INFERENCE, label_words=("No", "Yes", "Maybe"),
         ),
         TaskSpec(
             name="qnli", glue_dir="QNLI",
             text_columns=("question", "sentence"), label_column="label", label_names=ENTAILMENT,
             metrics=ACCURACY, main_metric="accuracy",
             hub_name="qnli", hub_text_columns=("question", "sentence"), hub_label_names=ENTAILMENT,
+            template=INFERENCE, label_words=("Yes", "No"),
         ),
         TaskSpec(
             name="rte", glue_dir="RTE",
             text_columns=("sentence1", "sentence2"), label_column="label", label_names=ENTAILMENT,
             metrics=ACCURACY, main_metric="accuracy",
             hub_name="rte", hub_text_columns=("sentence1", "sentence2"), hub_label_names=ENTAILMENT,
+            max_length=256, template=INFERENCE, label_words=("Yes", "No"),
         ),
         TaskSpec(
             name="wnli", glue_dir="WNLI",
@@ -128,6 +154,7 @@ TASKS: dict[str, TaskSpec] = {
             metrics=ACCURACY, main_metric="accuracy",
             # the hub calls its classes (not_entailment, entailment); the files write 0 and 1
             hub_name="wnli", hub_text_columns=("sentence1", "sentence2"), hub_label_names=BINARY,
+            template=INFERENCE, label_words=("No", "Yes"),  # not among the paper's tasks: RTE's template
         ),
     )
 }
