@@ -79,9 +79,9 @@ def describe_plan(configs: dict[str, RunConfig]) -> str:
     flat = {name: {key: value for section in config.to_dict().values() for key, value in section.items()}
             for name, config in configs.items()}
     keys = dict.fromkeys(key for values in flat.values() for key in values)
-    differing = [f"#   {key}: " + ", ".join(f"{name}={values[key]}" for name, values in flat.items())
+    differing = [f"#   {key}: " + "; ".join(f"{name}: {values[key]}" for name, values in flat.items())
                  for key in keys if len({repr(values[key]) for values in flat.values()}) > 1]
-    summary = ["# differences between the methods:", *(differing or ["#   none"])] if len(configs) > 1 else []
+    summary = ["# the keys that differ between them:", *(differing or ["#   none"])] if len(configs) > 1 else []
     return "---\n".join(documents) + "\n".join(summary) + ("\n" if summary else "")
 
 
