@@ -329,6 +329,8 @@ def test_task_lengths_and_selection_follow_the_task():
     assert build_config(overrides={"task": "cola", "select_metric": "lm-bff"}).train.select_metric == "matthews"
     with pytest.raises(ZoftError, match="'select_metric': lm-bff needs a GLUE task"):
         build_config(overrides={"task": "custom", "text_columns": "a", "select_metric": "lm-bff"})
+    with pytest.raises(ZoftError, match="'select_metric': task sst2 reports accuracy, not f1"):
+        build_config(overrides={"task": "sst2", "select_metric": "f1"})
 
 
 def test_k_shot_runs_draw_shuffled_batches_unless_told_otherwise():

@@ -91,7 +91,7 @@ def test_compare_on_a_masked_lm_plans_the_study_prompt_based_without_loading_wei
 
 @pytest.mark.parametrize("methods", ["lora,full,mezo-lora,mezo-full", "mezo-lora"])
 def test_compare_plans_each_method_from_its_paper_preset(roberta_config_only, capsys, methods):
-    assert main(["compare", "--task", "sst2", "--model", str(roberta_config_only), "--preset", "paper-kshot",
+    assert main(["compare", "--task", "mrpc", "--model", str(roberta_config_only), "--preset", "paper-kshot",
                  "--methods", methods, "--seed", "13", "--plan"]) == 0
     configs = plan_documents(capsys)
     assert list(configs) == methods.split(",")
@@ -99,8 +99,9 @@ def test_compare_plans_each_method_from_its_paper_preset(roberta_config_only, ca
         expected = load_yaml(presets.FOLDER / f"paper-kshot-{name}.yaml")
         flat = {key: value for section in config.values() for key, value in section.items()}
         assert all(flat[key.rpartition(".")[2]] == value for key, value in expected.items()
-                   if key != "train.select_metric")  # lm-bff, resolved to sst2's accuracy
-        assert (flat["head"], flat["template"], flat["seed"]) == ("prompt", "{s1} It was {mask}.", 13)
+                   if key != "train.select_metric")
+        assert (flat["head"], flat["template"], flat["seed"]) == ("prompt", "{s1} {mask}, {s2l}", 13)
+        assert flat["select_metric"] == "f1"  # lm-bff, resolved for MRPC
 
 
 def test_a_preset_family_must_cover_every_method_and_a_name_must_exist(roberta_config_only):

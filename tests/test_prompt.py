@@ -124,6 +124,20 @@ def test_only_the_label_words_rows_of_the_vocabulary_are_projected(request, fixt
     torch.testing.assert_close(fast, full)
 
 
+def test_lora_on_the_decoder_takes_the_whole_head(tiny_bert_mlm):
+    model, tokenizer = prompt_model(tiny_bert_mlm, DEFAULT_TEMPLATES["sst2"])
+    model = add_lora(model, ModelConfig(lora_r=4, target_modules=["query", "decoder"]))
+    with torch.no_grad():  # a trained-looking adapter on the decoder, which the label rows alone would miss
+        for name, parameter in model.named_parameters():
+            if "decoder.lora_B" in name:
+                parameter.add_(torch.ones_like(parameter))
+    batch = collate(DEFAULT_TEMPLATES["sst2"].encode(SST2, tokenizer, 64), tokenizer)
+    with torch.no_grad():
+        logits = model.eval()(**batch).logits
+    torch.testing.assert_close(logits, label_logits_at_mask(model.masked_lm(), batch, tokenizer.mask_token_id,
+                                                            model.label_token_ids.tolist()))
+
+
 HEAD_PARAMETERS = {  # the masked-LM head's own parameters (its decoder weight is the input embedding matrix)
     "tiny_bert_mlm": {"cls.predictions.bias", "cls.predictions.transform.dense.weight",
                       "cls.predictions.transform.dense.bias", "cls.predictions.transform.LayerNorm.weight",

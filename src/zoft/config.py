@@ -83,7 +83,8 @@ class ModelConfig:
         "prompt: label words scored by the masked-LM head at a mask token of a template (MeZO / LM-BFF "
         "prompt-based fine-tuning; needs a model with an MLM head); classifier: a classification head; auto: "
         "prompt for a masked LM on a classification task (MeZO without a prompt stays near chance: the MeZO "
-        "paper's Table 5), unless pooling or head_init ask for a classifier; else classifier",
+        "paper's Table 5), unless pooling, pair_encoding, head_init or head_grad ask for a classifier; else "
+        "classifier",
         default="auto",
     )
     template: str | None = _help(
@@ -163,6 +164,12 @@ class MethodConfig:
         default="zo",
     )
     head_lr: float = _help("mezo with head_grad=exact: the head's AdamW learning rate", default=1e-3)
+    cache_z: bool = _help(
+        "mezo: keep each step's random direction z in memory for the step's later passes instead of drawing it "
+        "again from its seed (the same numbers bit for bit, faster where drawing z is a large part of a step, as "
+        "for all the weights of a small model; costs n_perturbations times the trained parameters in memory)",
+        default=False,
+    )
     mezo_half_precision: bool = _help(
         "mezo: accept dtype float16 or bfloat16 (refused otherwise: the rounding of every perturb-and-restore "
         "adds up over a run's steps and drifts the weights)",
@@ -417,6 +424,9 @@ def resolve(config: RunConfig) -> RunConfig:
         t.select_metric = task.lm_bff_metric
     if t.select_metric is None:
         t.select_metric = task.main_metric if task else "accuracy"
+    if task is not None and t.select_metric not in task.metrics:
+        raise ZoftError(f"config key 'select_metric': task {task.name} reports {', '.join(task.metrics)}, not "
+                        f"{t.select_metric}")
     _resolve_head(config.model, m, task)
     _check_values(config)
     return config

@@ -72,7 +72,10 @@ class PromptClassifier(nn.Module):
         if head is None:
             return masked_lm(**inputs).logits[rows, positions][:, self.label_token_ids]
         hidden = masked_lm.base_model(**inputs).last_hidden_state[rows, positions]
-        return self._label_rows(head, hidden) if self.label_rows_only else head(hidden)[:, self.label_token_ids]
+        # The decoder must still be the plain linear layer checked at construction: LoRA on it replaces it.
+        if self.label_rows_only and isinstance(masked_lm.get_output_embeddings(), nn.Linear):
+            return self._label_rows(head, hidden)
+        return head(hidden)[:, self.label_token_ids]
 
     def _label_rows(self, head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The head with its decoder limited to the label words' rows (the decoder's weight is usually the

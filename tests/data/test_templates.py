@@ -194,3 +194,12 @@ def test_task_template_refuses_what_does_not_fit(task, template, words, message)
         task_template(get_task(task), template, words)
 
 
+
+
+def test_rte_at_its_task_length_truncates_nothing_where_128_tokens_cut_33_dev_inputs(bert_tiny_mlm, real_glue):
+    """The MeZO paper's code runs RTE (and MNLI) at 256 tokens: zoft's default for them (data.tasks)."""
+    tokenizer = AutoTokenizer.from_pretrained(bert_tiny_mlm)
+    examples = read_glue_folder(get_task("rte"), real_glue)["test"]
+    lengths = [len(f["input_ids"]) for f in DEFAULT_TEMPLATES["rte"].encode(examples, tokenizer, 100_000)]
+    assert (len(lengths), sum(n > 128 for n in lengths), sum(n > 256 for n in lengths)) == (277, 33, 0)
+    assert get_task("rte").max_length == get_task("mnli").max_length == 256 and get_task("mrpc").max_length == 128

@@ -14,6 +14,10 @@ from zoft.train import Trainer
 TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
 
 
+def without_timings(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
 def train_records(run):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r for r in records if r["kind"] == "train"]
@@ -75,9 +79,6 @@ def test_a_stopped_svrg_run_with_a_schedule_resumes_bit_exactly(tmp_path, tiny_r
     monkeypatch.setattr(Trainer, "train_step", original_step)
     assert main(["train", "--out", str(stopped), "--resume", "--quiet"]) == 0
 
-    def without_timings(records):
-        return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
-
     assert without_timings(train_records(stopped)) == without_timings(train_records(straight))
     straight_params = load_file(straight / "checkpoint" / "trainable.safetensors")
     stopped_params = load_file(stopped / "checkpoint" / "trainable.safetensors")
@@ -98,3 +99,15 @@ def test_a_stopped_svrg_run_with_a_schedule_resumes_bit_exactly(tmp_path, tiny_r
 def test_svrg_settings_that_cannot_work_are_refused(tmp_path, capsys, options, message):
     assert main(["train", "--out", str(tmp_path / "run"), *options]) != 0
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("params", ["lora", "all"])
+def test_cache_z_runs_are_the_same_runs_bit_for_bit(tmp_path, tiny_run_args, params):
+    runs = {}
+    for cache in ("false", "true"):
+        runs[cache] = tmp_path / cache
+        assert main(["train", "--out", str(runs[cache]), "--method", "mezo", "--params", params, "--n-perturbations",
+                     "2", "--cache-z", cache, *tiny_run_args]) == 0
+    plain, cached = (load_file(runs[c] / "checkpoint" / "trainable.safetensors") for c in ("false", "true"))
+    assert plain.keys() == cached.keys() and all(torch.equal(plain[name], cached[name]) for name in plain)
+    assert without_timings(train_records(runs["false"])) == without_timings(train_records(runs["true"]))

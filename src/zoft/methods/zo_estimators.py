@@ -29,9 +29,9 @@ def build_zo_optimizer(groups: list[dict], cfg: MethodConfig, total_steps: int,
     )
     if cfg.zo_estimator == "svrg":
         return ZerothOrderSVRG(groups, lr=cfg.lr, lr_full=cfg.svrg_lr_full, eps=cfg.eps, q=cfg.svrg_every,
-                               n_perturbations=n_perturbations, seed=seed)
+                               n_perturbations=n_perturbations, seed=seed, cache_z=cfg.cache_z)
     return ZerothOrderSGD(groups, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum, n_perturbations=n_perturbations,
-                          seed=seed)
+                          seed=seed, cache_z=cfg.cache_z)
 
 
 class SnapshotBatches:
