@@ -112,6 +112,12 @@ def test_a_preset_family_must_cover_every_method_and_a_name_must_exist(roberta_c
         plan(["lora"], {"model": str(roberta_config_only)}, ["nonsense"])
 
 
+def test_train_asks_for_one_preset_of_a_family():
+    with pytest.raises(ZoftError, match="--preset paper-kshot is a family of presets, one a method; name one: "
+                                        "paper-kshot-full, paper-kshot-lora"):
+        presets.find("paper-kshot", [])
+
+
 def test_a_named_preset_works_for_train_too(roberta_config_only, capsys):
     assert main(["train", "--preset", "paper-kshot-mezo-lora", "--model", str(roberta_config_only), "--task", "rte",
                  "--plan"]) == 0

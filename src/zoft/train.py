@@ -179,7 +179,17 @@ class Trainer:
             + f"; trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",
             f"{self.total_steps} steps of {self.config.train.batch_size * method.grad_accumulation} examples, "
             f"lr {method.lr:g} ({method.schedule}); baseline on test: {format_baseline(self.baseline)}",
+            f"head {self.describe_head()}",
         ]
+
+    def describe_head(self) -> str:
+        model = self.config.model
+        if model.head == "prompt":
+            return f"prompt: '{model.template}' with label words {', '.join(model.label_words or [])}"
+        if model.pooling == "model":
+            return "the model's classification head"
+        pairs = ", pairs encoded separately" if model.pair_encoding == "separate" and self.task.is_pair else ""
+        return f"linear on {model.pooling}-pooled features{pairs}, initialised by {model.head_init}"
 
     # -- checkpoints -------------------------------------------------------------------------------------
 

@@ -41,6 +41,9 @@ def find(value: str, methods: list[str]) -> list[Path]:
         return [path]
     if (FOLDER / f"{value}.yaml").is_file():
         return [FOLDER / f"{value}.yaml"]
+    members = sorted(member.stem for member in FOLDER.glob(f"{value}-*.yaml"))
+    if members and not methods:
+        raise ZoftError(f"--preset {value} is a family of presets, one a method; name one: {', '.join(members)}")
     family = {method: FOLDER / f"{value}-{method}.yaml" for method in methods}
     found = [path for path in family.values() if path.is_file()]
     if not found:
@@ -49,5 +52,5 @@ def find(value: str, methods: list[str]) -> list[Path]:
     missing = [method for method, path in family.items() if not path.is_file()]
     if missing:
         raise ZoftError(f"--preset {value}: the family has no preset for {', '.join(missing)} (it has "
-                        f"{', '.join(p.stem for p in sorted(FOLDER.glob(f'{value}-*.yaml')))})")
+                        f"{', '.join(members)})")
     return found
