@@ -124,3 +124,12 @@ def test_a_named_preset_works_for_train_too(roberta_config_only, capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     assert (config["method"]["method"], config["model"]["template"], config["data"]["max_length"]) == (
         "mezo", "{s1-}? {mask}, {s2l}", 256)
+
+
+def test_compare_on_sst2_with_the_offline_masked_lm_starts_from_the_swept_presets():
+    configs = plan(["lora", "mezo-lora"], {"task": "sst2", "model": "bert-tiny-mlm", "k_shot": "512"}, [])
+    lora, mezo = configs["lora"], configs["mezo-lora"]
+    assert (lora.method.lr, lora.train.steps, mezo.method.lr, mezo.method.eps, mezo.train.steps) == (
+        1e-3, 1000, 1e-3, 1e-2, 6000)
+    assert lora.model.head == mezo.model.head == "prompt" and lora.model.template == mezo.model.template
+    assert lora.train.batch_size == mezo.train.batch_size == 16 and lora.data == mezo.data

@@ -266,6 +266,13 @@ def test_seed_groups_of_one_method_are_told_apart_by_their_config(train_once, tm
     assert all(f"| {steps} |" in row for steps, row in zip(best_steps, rows, strict=True))
 
 
+def test_seeds_that_differ_in_a_speed_only_key_are_one_setting(train_once, tmp_path):
+    runs = [train_once("--method", "mezo", "--seed", "13"), train_once("--method", "mezo", "--seed", "21",
+                                                                      "--cache-z", "true")]
+    over_seeds = section(write_report(runs, tmp_path / "report").read_text(), "Over seeds")
+    assert [row["Seeds"] for row in table_rows(over_seeds)] == ["13, 21"]
+
+
 def test_no_seed_section_without_repeated_seeds(lora_run, mezo_run, tmp_path):
     assert "## Over seeds" not in write_report([lora_run, mezo_run], tmp_path / "report").read_text()
 

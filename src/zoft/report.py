@@ -512,13 +512,23 @@ def comparison_section(runs: Sequence[Run]) -> str:
     return "\n".join(["## Comparison", "", markdown_table(header, rows), "", *(f"- {note}" for note in notes)])
 
 
+# Config keys that change how fast a run goes, never what it computes (cache_z: the same run bit for bit,
+# tests/methods/test_zeroth_order_method.py), so runs that differ only in them are seeds of one setting.
+SPEED_ONLY_KEYS = frozenset({"cache_z"})
+
+
+def _setting(run: Run) -> dict[str, Any]:
+    """The run's config without its seed and speed-only keys: what seeds of one setting share."""
+    return {key: value for key, value in _flat_config(run.config).items()
+            if key != "seed" and key not in SPEED_ONLY_KEYS}
+
+
 def seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
-    """Runs whose configs are the same but for the seed (which also draws their data, e.g. k-shot samples),
-    in groups of two or more."""
+    """Runs whose configs are the same but for the seed (which also draws their data, e.g. k-shot samples)
+    and speed-only keys, in groups of two or more."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        others = {key: value for key, value in _flat_config(run.config).items() if key != "seed"}
-        key = json.dumps(others, sort_keys=True, default=str)
+        key = json.dumps(_setting(run), sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
     return [group for group in groups.values() if len(group) > 1]
 
@@ -562,7 +572,7 @@ def _seed_group_label(group: list[Run], groups: list[list[Run]]) -> str:
     twins = [other[0] for other in groups if method_name(other[0].config.get("method", {})) == name]
     if len(twins) == 1:
         return name
-    differing = _differing(twins, lambda run: {k: v for k, v in _flat_config(run.config).items() if k != "seed"})
+    differing = _differing(twins, _setting)
     position = next(i for i, twin in enumerate(twins) if twin is group[0])
     return f"{name} " + ", ".join(f"{key}={_short_value(values[position])}" for key, values in differing.items())
 
@@ -867,7 +877,7 @@ def plot_metric_curves(runs: Sequence[Run], path: Path) -> None:
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3"))
         labels.append("hollow: one class predicted for all test examples")
     figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False)
-    figure.savefig(path, dpi=PLOT_DPI)
+    figure.savefig(path, dpi=PLOT_DPI, bbox_inches="tight")  # long run labels stay inside
 
 
 def _ema(values: np.ndarray, span: float) -> np.ndarray:
@@ -908,7 +918,7 @@ def plot_loss(runs: Sequence[Run], path: Path) -> None:
         ax.legend(frameon=False)
     else:  # runs shorter than one logging interval
         ax.text(0.5, 0.5, "no training step logged", transform=ax.transAxes, ha="center", color="0.4")
-    figure.savefig(path, dpi=PLOT_DPI)
+    figure.savefig(path, dpi=PLOT_DPI, bbox_inches="tight")  # long run labels stay inside
 
 
 def plot_costs(runs: Sequence[Run], path: Path) -> None:
@@ -920,7 +930,7 @@ def plot_costs(runs: Sequence[Run], path: Path) -> None:
     _bars(time_ax, runs, [seconds_per_step(run) for run in runs], format_seconds, "time per training step",
           [("s", 1), ("ms", 1e-3)])
     figure.suptitle(f"{runs[0].task}: cost per method")
-    figure.savefig(path, dpi=PLOT_DPI)
+    figure.savefig(path, dpi=PLOT_DPI, bbox_inches="tight")  # long run labels stay inside
 
 
 def _bars(ax: Any, runs: Sequence[Run], values: list[float | None], show: Callable[[float | None], str],
