@@ -14,7 +14,8 @@
 # of the one ARM named), SWEEP_STEPS (MeZO points, 5000; LoRA points 1000), MEZO_LORA_STEPS and
 # MEZO_FULL_STEPS (MeZO runs and variants, 5000 each; LoRA runs 1000), SEEDS (13 21 42). Every arm starts
 # from its settings file in benchmarks/prompt_study/; `runs` and `variants` add the swept keys of the arm's
-# sweep (OUT_DIR/sweep-TASK-ARM/best.yaml). Seed 13 with the sweep's steps is the sweep's own run at its best
+# sweep (OUT_DIR/sweep-TASK-ARM/best.yaml). Each mode's report (report.md and its plots) lands beside its runs:
+# OUT_DIR/runs-TASK, variants-TASK, long-TASK. Seed 13 with the sweep's steps is the sweep's own run at its best
 # point: copied, not run again. MeZO on all weights runs with cache_z (z kept within a step: bit for bit the
 # same run as without, about a third faster here). Runs go one after another with the machine's threads;
 # set OMP_NUM_THREADS=1 to run two invocations side by side, one a core.
@@ -110,7 +111,7 @@ case $mode in
                     ${run_options[$arm]} --out "$folder" --overwrite
             done
         done
-        $ZOFT report "${folders[@]}" --out "$out/report-$task" \
+        $ZOFT report "${folders[@]}" --out "$out/runs-$task" \
             --title "${task^^}, bert-tiny-mlm, k = ${K:-512}: prompt LoRA vs prompt MeZO vs MeZO without a prompt"
         ;;
     variants)
@@ -126,7 +127,7 @@ case $mode in
             $ZOFT train --preset "$here/mezo-lora.yaml" --config "$best" "${common[@]}" --seed 13 \
                 ${run_options[mezo-lora]} $options --out "$folder" --overwrite
         done
-        $ZOFT report "${folders[@]}" --out "$out/report-$task-variants" \
+        $ZOFT report "${folders[@]}" --out "$out/variants-$task" \
             --title "${task^^}, bert-tiny-mlm, k = ${K:-512}, seed 13: MeZO (LoRA) variants"
         ;;
     long)
@@ -143,7 +144,7 @@ case $mode in
             $ZOFT train --preset "$here/$arm.yaml" --config "$best" "${common[@]}" --seed 13 $options \
                 --out "$folder" --overwrite
         done
-        $ZOFT report "${folders[@]}" --out "$out/report-$task-long" \
+        $ZOFT report "${folders[@]}" --out "$out/long-$task" \
             --title "${task^^}, bert-tiny-mlm, k = ${K:-512}, seed 13: the MeZO arms at 20,000 steps"
         ;;
     *)
