@@ -56,6 +56,13 @@ def test_a_time_budget_stops_each_method(tmp_path, tiny_run_args):
     assert summary["final"]["step"] == 1
 
 
+def test_a_quiet_compare_prints_the_report_path_only(tmp_path, tiny_run_args, capsys):
+    out = tmp_path / "compare"
+    assert main(["compare", "--out", str(out), "--methods", "lora", "--steps", "1", *tiny_run_args]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == f"report: {out / 'report' / 'report.md'}\n" and printed.err == ""
+
+
 def test_compare_on_mrpc_with_minilm_starts_mezo_lora_from_the_swept_preset():
     configs = plan(["lora", "mezo-lora"], {"task": "mrpc", "model": "minilm"}, [])
     mezo = configs["mezo-lora"]

@@ -124,6 +124,17 @@ def test_metrics_append_and_read(tmp_path):
     assert len(run.metrics_path.read_text().splitlines()) == 3
 
 
+def test_metrics_read_without_a_torn_last_line_and_refuse_a_damaged_one(tmp_path):
+    run = RunFolder(tmp_path)
+    run.append_metrics({"kind": "train", "step": 1})
+    with run.metrics_path.open("a") as file:
+        file.write('{"kind": "train", "st')  # what a process killed mid-write leaves
+    assert run.read_metrics() == [{"kind": "train", "step": 1}]
+    run.metrics_path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(ZoftError, match=r"metrics.jsonl: line 2 is not JSON"):
+        run.read_metrics()
+
+
 def test_truncate_metrics_keeps_steps_up_to_n(tmp_path):
     run = RunFolder(tmp_path)
     records = [{"kind": "eval", "step": 0}]

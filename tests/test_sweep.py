@@ -42,6 +42,16 @@ def swept(tmp_path_factory, tiny_bert, real_glue):
     return out, args
 
 
+def test_a_quiet_sweep_prints_its_result_paths_only(tmp_path, tiny_bert, real_glue, capsys):
+    assert main(["sweep", "--out", str(tmp_path), "--model", str(tiny_bert), "--data-dir", str(real_glue), "--task",
+                 "mrpc", "--train-limit", "64", "--validation-fraction", "0.02", "--steps", "1", "--eval-every", "1",
+                 "--batch-size", "8", "--max-length", "64", "--quiet", "--method", "mezo-lora",
+                 "--grid", "lr=1e-4"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == f"sweep table: {tmp_path / 'sweep.md'}\nbest settings: {tmp_path / 'best.yaml'}\n"
+    assert printed.err == ""
+
+
 def test_the_sweep_writes_its_table_heat_map_and_best(swept):
     out, _ = swept
     rows = list(csv.DictReader((out / "sweep.csv").open()))

@@ -76,7 +76,8 @@ def test_mezo_logs_both_losses_and_no_backward(tmp_path, tiny_run_args):
     assert all(r["backward_passes"] == 0 for r in train_records)
 
 
-def test_a_stopped_run_resumes_bit_exactly(tmp_path, tiny_run_args, monkeypatch):
+@pytest.mark.parametrize("torn_last_line", [False, True], ids=["clean-log", "torn-log"])
+def test_a_stopped_run_resumes_bit_exactly(tmp_path, tiny_run_args, monkeypatch, torn_last_line):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = [*tiny_run_args, "--method", "lora", "--checkpoint-every", "0"]
     assert main(["train", "--out", str(straight), *args]) == 0
@@ -93,6 +94,9 @@ def test_a_stopped_run_resumes_bit_exactly(tmp_path, tiny_run_args, monkeypatch)
     assert main(["train", "--out", str(stopped), *args]) == 130
     assert json.loads((stopped / "summary.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(Trainer, "train_step", original_step)
+    if torn_last_line:  # a kill mid-write: resume reads past the partial line and rewrites the log
+        with (stopped / "metrics.jsonl").open("a") as file:
+            file.write('{"kind": "train", "step": 5, "lo')
     assert main(["train", "--out", str(stopped), "--resume", "--quiet"]) == 0
 
     assert without_timings(read_jsonl(stopped / "metrics.jsonl")) == without_timings(

@@ -10,6 +10,7 @@ from typing import Any
 
 from zoft import presets
 from zoft.config import build_config, config_keys, load_yaml, to_yaml
+from zoft.console import Console
 from zoft.errors import ZoftError
 
 
@@ -46,7 +47,6 @@ def default_out(config) -> Path:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from zoft.console import Console
     from zoft.runs import RunFolder
     from zoft.train import Interrupted, train
 
@@ -78,7 +78,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def train_callable(args: argparse.Namespace):
     """zoft.train.train with this command's console and command line, for compare and sweep."""
-    from zoft.console import Console
     from zoft.train import train
 
     def run(config, out: Path, *, overwrite: bool, resume: bool) -> dict[str, Any]:
@@ -103,7 +102,8 @@ def run_compare(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out or f"runs/compare-{next(iter(configs.values())).data.task}")
     try:
-        folders = compare.run_all(configs, out, train_callable(args), overwrite=args.overwrite)
+        folders = compare.run_all(configs, out, train_callable(args), overwrite=args.overwrite,
+                                   console=Console(quiet=args.quiet))
     except Interrupted:
         print("zoft: interrupted; run the same command again to continue the comparison", file=sys.stderr)
         return 130
@@ -124,7 +124,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out or f"runs/sweep-{points[0][1].data.task}-{method_name(points[0][1])}")
     try:
-        results = sweep.run_sweep(points, out, train_callable(args))
+        results = sweep.run_sweep(points, out, train_callable(args), console=Console(quiet=args.quiet))
     except Interrupted:
         print("zoft: interrupted; run the same command again to continue the sweep", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ from typing import Any
 
 from zoft import presets
 from zoft.config import METHOD_ALIASES, RunConfig, build_config, load_yaml, to_yaml
+from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.runs import RunFolder
 
@@ -86,17 +87,18 @@ def describe_plan(configs: dict[str, RunConfig]) -> str:
 
 
 def run_all(configs: dict[str, RunConfig], out: Path, train: Callable[..., dict[str, Any]],
-            overwrite: bool = False) -> list[Path]:
+            overwrite: bool = False, console: Console | None = None) -> list[Path]:
     """Train each config into out/<method>, one after another; keep finished runs of the same config."""
+    console = console or Console()
     folders = []
     for name, config in configs.items():
         folder = RunFolder(out / name)
         folders.append(folder.path)
         state = _existing_state(folder, config, overwrite)
         if state == "finished":
-            print(f"compare: {folder.path} already holds this run; keeping it", flush=True)
+            console.print(f"compare: {folder.path} already holds this run; keeping it")
             continue
-        print(f"compare: {name} → {folder.path}", flush=True)
+        console.print(f"compare: {name} → {folder.path}")
         train(config, folder.path, overwrite=overwrite or state == "stale", resume=state == "stopped")
     return folders
 

@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 
 import zoft
 from zoft.errors import ZoftError
-from zoft.runs import git_commit
+from zoft.runs import git_commit, read_jsonl
 
 Record = dict[str, Any]
 
@@ -134,7 +134,7 @@ def load_run(path: str | Path) -> Run:
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
             raise ZoftError(f"{path} is not a run folder: it has no {name}")
-    records = _read_jsonl(path / "metrics.jsonl")
+    records = read_jsonl(path / "metrics.jsonl")
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
@@ -142,19 +142,6 @@ def load_run(path: str | Path) -> Run:
                train=[r for r in records if r.get("kind") == "train"],
                evals=[r for r in records if r.get("kind") == "eval"],
                label=method_name(config.get("method", {})))
-
-
-def _read_jsonl(path: Path) -> list[Record]:
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            # a process killed mid-write leaves a partial last line; anything else is a damaged file
-            if number < len(lines):
-                raise ZoftError(f"{path}: line {number} is not JSON") from None
-    return records
 
 
 def method_name(method: dict[str, Any]) -> str:

@@ -29,6 +29,20 @@ from zoft.errors import ZoftError
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "model", "predictions", "checkpoint")
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file. A process killed mid-write leaves a partial last line, which is dropped (a
+    resumed run rewrites the file from its checkpoint); a line that is not JSON anywhere else is a damaged file."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ZoftError(f"{path}: line {number} is not JSON") from None
+    return records
+
+
 def _write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -96,9 +110,7 @@ class RunFolder:
             file.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop the lines written after the checkpoint a resumed run restarts from."""

@@ -22,6 +22,7 @@ import yaml
 from zoft import presets
 from zoft.compare import method_keys, method_name
 from zoft.config import RunConfig, build_config, config_keys, load_yaml
+from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.runs import RunFolder
 
@@ -84,11 +85,12 @@ def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | N
 
 
 def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path,
-              train: Callable[..., dict[str, Any]]) -> list[SweepResult]:
+              train: Callable[..., dict[str, Any]], console: Console | None = None) -> list[SweepResult]:
+    console = console or Console()
     results = []
     for index, (point, config) in enumerate(points, 1):
         folder = RunFolder(out / "runs" / point_name(point))
-        print(f"sweep: point {index}/{len(points)}: {point_name(point)}", flush=True)
+        console.print(f"sweep: point {index}/{len(points)}: {point_name(point)}")
         if not _finished(folder, config):
             resume = (folder.path / "checkpoint").is_dir() and folder.read_config() == config
             train(config, folder.path, overwrite=folder.holds_run() and not resume, resume=resume)
