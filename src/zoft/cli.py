@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from zoft import presets
-from zoft.config import build_config, config_keys, load_yaml, to_yaml
+from zoft.config import RunConfig, build_config, config_keys, load_yaml, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
+from zoft.method_names import METHODS, name_of
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +42,8 @@ def preset_file(args: argparse.Namespace) -> Path | None:
     return presets.find(args.preset, [])[0] if args.preset else None
 
 
-def default_out(config) -> Path:
-    method = config.method.method + (f"-{config.method.params}" if config.method.method == "mezo" else "")
-    return Path("runs") / f"{config.data.task}-{method}"
+def default_out(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.data.task}-{name_of(config.method.method, config.method.params)}"
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="run several methods on identical data, then write the report")
     compare.add_argument("--methods", default="lora,mezo-lora",
-                         help="comma-separated: lora, full, mezo-lora, mezo-full (default: lora,mezo-lora)")
+                         help=f"comma-separated: {', '.join(m.name for m in METHODS)} (default: lora,mezo-lora)")
     compare.add_argument("--out", help="folder for the runs and the report (default: runs/compare-<task>)")
     compare.add_argument("--report-dir", help="folder for report.md and its plots (default: <out>/report)")
     compare.add_argument("--budget-minutes", type=float, help="stop each method after this many minutes of training")

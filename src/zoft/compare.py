@@ -12,30 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from zoft import presets
-from zoft.config import METHOD_ALIASES, RunConfig, build_config, load_yaml, to_yaml
+from zoft.config import RunConfig, build_config, load_yaml, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
+from zoft.method_names import lookup, name_of
 from zoft.runs import RunFolder
-
-METHODS: dict[str, dict[str, str]] = {
-    "lora": {"method": "lora"},
-    "full": {"method": "full"},
-    **{name: {"method": method, "params": params} for name, (method, params) in METHOD_ALIASES.items()
-       if name != "mezo-all"},
-}
-DEFAULT_METHODS = ("lora", "mezo-lora")
-
-
-def method_keys(name: str) -> dict[str, str]:
-    if name not in METHODS:
-        raise ZoftError(f"unknown method '{name}' for compare; known: {', '.join(METHODS)}")
-    return METHODS[name]
 
 
 def method_name(config: RunConfig) -> str:
     """The compare name of a config's method (e.g. mezo-lora), or 'mezo-<params>' for a custom subset."""
-    keys = {"method": config.method.method, **({"params": config.method.params} if config.method.params else {})}
-    return next((name for name, known in METHODS.items() if known == keys), f"mezo-{config.method.params}")
+    return name_of(config.method.method, config.method.params)
 
 
 def preset_method(path: Path) -> str:
@@ -62,7 +48,7 @@ def plan(methods: list[str], overrides: dict[str, Any], preset_names: list[str],
         raise ZoftError(f"--preset given for {', '.join(sorted(unused))}, which is not among the methods compared")
     configs = {}
     for name in methods:
-        keys = method_keys(name)
+        keys = lookup(name).keys()
         probe = build_config(overrides={**overrides, **keys})
         preset = by_method.get(name) or presets.packaged(probe.data.task, probe.model.model, probe.model.head, name)
         preset_keys = load_yaml(preset) if preset else {}

@@ -24,6 +24,7 @@ import yaml
 from zoft.data.tasks import MAX_LENGTH, TaskSpec, get_task
 from zoft.data.templates import task_template
 from zoft.errors import ZoftError
+from zoft.method_names import config_aliases
 from zoft.pretrained import has_masked_lm_head
 
 Method = Literal["lora", "full", "mezo"]
@@ -318,8 +319,7 @@ def _unknown_key(key: str) -> ZoftError:
     return ZoftError(f"unknown config key '{key}'; known keys: {known}")
 
 
-# Method names that also choose what MeZO trains, as compare and sweep name methods.
-METHOD_ALIASES = {"mezo-lora": ("mezo", "lora"), "mezo-full": ("mezo", "all"), "mezo-all": ("mezo", "all")}
+METHOD_ALIASES = config_aliases()
 
 
 def expand_method_alias(overrides: dict[str, Any]) -> dict[str, Any]:

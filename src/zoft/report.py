@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 
 import zoft
 from zoft.errors import ZoftError
+from zoft.method_names import label_of
 from zoft.runs import git_commit, read_jsonl
 
 Record = dict[str, Any]
@@ -146,11 +147,7 @@ def load_run(path: str | Path) -> Run:
 
 def method_name(method: dict[str, Any]) -> str:
     """A readable name: LoRA, Full FT, MeZO (LoRA), MeZO (all), MeZO (<regex>)."""
-    name = method.get("method", "?")
-    if name == "mezo":
-        params = str(method.get("params") or "lora")
-        return f"MeZO ({'LoRA' if params == 'lora' else _shorten(params, 24)})"
-    return {"lora": "LoRA", "full": "Full FT"}.get(name, name)
+    return label_of(str(method.get("method", "?")), method.get("params"))
 
 
 def label_runs(runs: Sequence[Run]) -> list[Run]:

@@ -20,10 +20,11 @@ from typing import Any
 import yaml
 
 from zoft import presets
-from zoft.compare import method_keys, method_name
+from zoft.compare import method_name
 from zoft.config import RunConfig, build_config, config_keys, load_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
+from zoft.method_names import lookup
 from zoft.runs import RunFolder
 
 
@@ -76,7 +77,7 @@ def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | N
     then the overrides, then the point; each is checked before anything trains."""
     preset_keys = load_yaml(preset) if preset else {}
     base = build_config(overrides={**preset_keys, **overrides})
-    keys = method_keys(method_name(base))
+    keys = lookup(method_name(base)).keys()
     if preset is None:
         packaged = presets.packaged(base.data.task, base.model.model, base.model.head, method_name(base))
         preset_keys = load_yaml(packaged) if packaged else {}
