@@ -34,10 +34,9 @@ from zoft.config import DataConfig, MethodConfig, ModelConfig
 from zoft.data.batches import BatchStream, encode
 from zoft.data.splits import load_task_data
 from zoft.evaluate import to_device
-from zoft.measure import measure_memory, synchronize
+from zoft.measure import measure_memory, pick_device, synchronize
 from zoft.methods import build_method
 from zoft.models import load_model, prepare_trainable
-from zoft.train import pick_device
 
 VARIANTS = ("inference-lora", "mezo-lora", "inference-all", "mezo-all", "backprop-lora")
 REPO = Path(__file__).resolve().parents[1]

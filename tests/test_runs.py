@@ -23,7 +23,7 @@ def make_run(path, config) -> RunFolder:
     run.begin(config, overwrite=False)
     run.append_metrics({"kind": "train", "step": 1, "loss": 0.5})
     run.write_summary({"status": "completed"})
-    for entry in ("model", "predictions", "checkpoint"):
+    for entry in ("model", "predictions", "checkpoint", "tensorboard"):
         (path / entry).mkdir()
         (path / entry / "file.bin").write_bytes(b"old")
     return run

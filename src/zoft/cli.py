@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zoft import presets
+import transformers
+
+from zoft import compare, presets, sweep
 from zoft.config import RunConfig, build_config, config_keys, load_yaml, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.method_names import METHODS, name_of
+from zoft.report import write_report
+from zoft.runs import RunFolder
+from zoft.sinks import MetricSink, TensorBoardSink
+from zoft.train import Interrupted, train
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +54,6 @@ def default_out(config: RunConfig) -> Path:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from zoft.runs import RunFolder
-    from zoft.train import Interrupted, train
-
     overrides = collect_overrides(args)
     if args.resume:
         if args.out is None:
@@ -68,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(config)
     try:
         summary = train(config, out, overwrite=args.overwrite, resume=args.resume,
-                        console=Console(quiet=args.quiet), command=["zoft", *args.argv])
+                        console=Console(quiet=args.quiet), command=["zoft", *args.argv], sinks=extra_sinks(args, out))
     except Interrupted:
         print(f"zoft: interrupted; a checkpoint was saved: continue with `zoft train --out {out} --resume`",
               file=sys.stderr)
@@ -76,22 +80,21 @@ def run_train(args: argparse.Namespace) -> int:
     return 1 if summary["status"] == "diverged" else 0
 
 
+def extra_sinks(args: argparse.Namespace, out: Path) -> list[MetricSink]:
+    """The sinks beyond the run folder and the console that the command asks for: TensorBoard in <run>/tensorboard."""
+    return [TensorBoardSink(out / "tensorboard")] if args.tensorboard else []
+
+
 def train_callable(args: argparse.Namespace):
     """zoft.train.train with this command's console and command line, for compare and sweep."""
-    from zoft.train import train
-
     def run(config, out: Path, *, overwrite: bool, resume: bool) -> dict[str, Any]:
         return train(config, out, overwrite=overwrite, resume=resume, console=Console(quiet=args.quiet),
-                     command=["zoft", *args.argv])
+                     command=["zoft", *args.argv], sinks=extra_sinks(args, out))
 
     return run
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from zoft import compare
-    from zoft.report import write_report
-    from zoft.train import Interrupted
-
     overrides = collect_overrides(args)
     if args.budget_minutes is not None:
         overrides["max_minutes"] = args.budget_minutes
@@ -113,16 +116,12 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from zoft import compare, sweep
-    from zoft.compare import method_name
-    from zoft.train import Interrupted
-
     grid = sweep.parse_grid(args.grid)
     points = sweep.plan(grid, collect_overrides(args), preset_file(args))
     if args.plan:
         print(compare.describe_plan({sweep.point_name(point): config for point, config in points}), end="")
         return 0
-    out = Path(args.out or f"runs/sweep-{points[0][1].data.task}-{method_name(points[0][1])}")
+    out = Path(args.out or f"runs/sweep-{points[0][1].data.task}-{compare.method_name(points[0][1])}")
     try:
         results = sweep.run_sweep(points, out, train_callable(args), console=Console(quiet=args.quiet))
     except Interrupted:
@@ -140,8 +139,6 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from zoft.report import write_report
-
     folders = []
     for path in map(Path, args.runs):
         if (path / "report.md").is_file():
@@ -155,6 +152,8 @@ def run_report(args: argparse.Namespace) -> int:
 PRESET_HELP = ("settings under the config options: a file of config keys or a packaged preset (e.g. "
                "paper-kshot-mezo-lora, the MeZO paper's k-shot MeZO (LoRA)); default for sweep: the packaged one "
                "for the task and model")
+TENSORBOARD_HELP = ("also log every record to TensorBoard, in <run folder>/tensorboard (needs the tensorboard "
+                    "package: pip install 'zoft[tensorboard]')")
 PLAN_HELP = "print the fully resolved config of each run and exit, loading no weights (a hub model: its config.json)"
 
 
@@ -176,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.add_argument("--plan", action="store_true", help=PLAN_HELP)
     train.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
+    train.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     add_config_options(train)
     train.set_defaults(handler=run_train)
 
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plan", action="store_true", help=PLAN_HELP)
     compare.add_argument("--overwrite", action="store_true", help="replace runs already in the folder")
     compare.add_argument("--quiet", action="store_true", help="print nothing but errors and the report path")
+    compare.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     add_config_options(compare)
     compare.set_defaults(handler=run_compare)
 
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="print nothing but errors and the result paths")
     sweep.add_argument("--plan", action="store_true", help=PLAN_HELP)
     sweep.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
+    sweep.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     add_config_options(sweep)
     sweep.set_defaults(handler=run_sweep)
 
@@ -217,10 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     """Hide the libraries' own progress bars and load reports; zoft reports what matters itself."""
-    import warnings
-
-    import transformers
-
     # PEFT calls transformers APIs that transformers has deprecated: nothing a zoft user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     transformers.logging.set_verbosity_error()

@@ -17,6 +17,25 @@ import psutil
 import torch
 from torch import nn
 
+from zoft.errors import ZoftError
+
+
+def pick_device(name: str) -> torch.device:
+    """The device a config names; auto: a CUDA GPU, else Apple's MPS, else the CPU."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ZoftError(f"config key 'device': '{name}' is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ZoftError(f"device '{name}' requested but torch sees no CUDA GPU")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
 
 class ForwardCounter:
     """Counts calls of a module's forward while enabled (training steps), not during evaluation."""

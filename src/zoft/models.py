@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
+from transformers import AutoModelForSequenceClassification
 
 from zoft.config import ModelConfig
 from zoft.data.tasks import TaskSpec
@@ -18,8 +20,6 @@ from zoft.prompt import load_prompt_model
 
 def load_model(cfg: ModelConfig, num_labels: int) -> tuple[nn.Module, Any]:
     """A sequence-classification model (num_labels = 1: regression) and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification
-
     problem_type = "regression" if num_labels == 1 else "single_label_classification"
     return load_pretrained(AutoModelForSequenceClassification, cfg.model, cfg.dtype, num_labels=num_labels,
                            problem_type=problem_type)
@@ -45,8 +45,6 @@ def input_format(cfg: ModelConfig, task: TaskSpec) -> dict[str, Any]:
 def add_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Wrap `model` with LoRA adapters. A Hugging Face classification model keeps its head trained and saved
     with them; zoft's wrappers (with a `backbone`) get the adapters on the backbone and keep their own head."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
     if hasattr(model, "backbone"):
         model.backbone = add_lora(model.backbone, cfg)
         return model

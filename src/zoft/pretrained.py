@@ -10,16 +10,15 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer
 
 from zoft.errors import ZoftError, first_line
-from zoft.hub import require_hub
-
-if TYPE_CHECKING:
-    from torch import nn
-
-# torch and transformers are imported where a model is read, not with this module: `zoft --help` and the
-# config checks (which ask whether a model has a masked-LM head) stay fast.
+from zoft.hub import hub_reachable, require_hub
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def resolve_model_path(name: str) -> tuple[str, bool]:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ZoftError(f"model folder {folder} does not exist")
     if _in_hub_cache(name):
-        return name, _hub_unreachable()
+        return name, not hub_reachable()
     require_hub(f"download the model '{name}'",
                 f"pass a local model folder, or one of the packaged offline models ({', '.join(OFFLINE_MODELS)})")
     return name, False
@@ -75,23 +74,11 @@ def offline_model_folder(alias: str) -> Path:
 
 
 def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-
-
-def _hub_unreachable() -> bool:
-    try:
-        require_hub("check for model updates", "")
-    except ZoftError:
-        return True
-    return False
 
 
 def read_model_config(name: str) -> Any:
     """The model's transformers config (config.json only: from a hub, nothing else is downloaded)."""
-    from transformers import AutoConfig
-
     path, local_only = resolve_model_path(name)
     try:
         return AutoConfig.from_pretrained(path, local_files_only=local_only)
@@ -110,9 +97,6 @@ def load_pretrained(auto_class: Any, name: str, dtype: str = "float32", **config
                     ) -> tuple[nn.Module, Any]:
     """The model `name` through a transformers Auto class (its config updated by `config_overrides`), in
     `dtype`, and its tokenizer; every failure a one-line ZoftError."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
-
     path, local_only = resolve_model_path(name)
     try:
         model_config = AutoConfig.from_pretrained(path, local_files_only=local_only, **config_overrides)

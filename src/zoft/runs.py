@@ -6,6 +6,7 @@
     model/            the best checkpoint (by validation): a PEFT adapter or a full model, with tokenizer
     predictions/      test and validation predictions of that checkpoint
     checkpoint/       the latest resumable training state
+    tensorboard/      with --tensorboard: the same records as TensorBoard events
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import peft
 import torch
+import transformers
 import yaml
 from safetensors.torch import load_file, save_file
 
+from zoft import __version__
 from zoft.config import RunConfig, from_dict, to_yaml
 from zoft.errors import ZoftError
 
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "model", "predictions", "checkpoint")
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "model", "predictions", "checkpoint", "tensorboard")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -165,17 +169,12 @@ def git_commit() -> str | None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Where a run ran: device, library versions, code version."""
-    import peft
-    import transformers
-
-    import zoft
-
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
         "device": {"type": device.type, "name": name, "threads": torch.get_num_threads()},
         "versions": {
             "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "zoft": zoft.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "zoft": __version__,
         },
         "git_commit": git_commit(),
     }

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,15 +24,15 @@ from zoft.config import RunConfig
 from zoft.console import Console, format_baseline
 from zoft.data.batches import BatchStream, encode, eval_batches
 from zoft.data.splits import TaskData, load_task_data
-from zoft.errors import ZoftError
 from zoft.evaluate import evaluate_split, to_device
-from zoft.measure import ForwardCounter, Stopwatch, measure_memory
+from zoft.measure import ForwardCounter, Stopwatch, measure_memory, pick_device
 from zoft.methods import TrainingMethod, build_method
 from zoft.metrics import majority_baseline
 from zoft.models import count_parameters, input_format, load_task_model, prepare_trainable
 from zoft.pretrained import has_masked_lm_head
 from zoft.probe import init_head_by_probe
 from zoft.runs import RunFolder, environment
+from zoft.sinks import ConsoleSink, MetricSink, RunFolderSink
 
 LOSS_WINDOW = 10
 
@@ -97,22 +97,6 @@ def stop_requests() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ZoftError(f"config key 'device': '{name}' is not a device (auto, cpu, cuda, cuda:N, mps)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ZoftError(f"device '{name}' requested but torch sees no CUDA GPU")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def planned_steps(config: RunConfig, train_size: int) -> int:
     if config.train.steps is not None:
         return config.train.steps
@@ -121,16 +105,45 @@ def planned_steps(config: RunConfig, train_size: int) -> int:
 
 
 class Trainer:
-    """Sets up data, model and method for a config, then runs the loop into a run folder."""
+    """Runs the loop for a config into a run folder: `Trainer(...)` only records what it is given, `setup()`
+    loads data, model and method (minutes for a large model), `loop()` trains."""
 
-    def __init__(self, config: RunConfig, run: RunFolder, console: Console) -> None:
+    def __init__(self, config: RunConfig, run: RunFolder, console: Console,
+                 sinks: Sequence[MetricSink] = ()) -> None:
         self.config, self.run, self.console = config, run, console
-        set_seed(config.train.seed)
-        self.device = pick_device(config.train.device)
+        self.extra_sinks = list(sinks)
+        self.state = LoopState()
+        self.stopped_by = "steps"
+
+    def setup(self) -> None:
+        """Data, then the model (a linear-probe head is fitted on the encoded data), then the method (its
+        schedule needs the planned steps, which need the training split's size)."""
+        set_seed(self.config.train.seed)
+        self.device = pick_device(self.config.train.device)
         # Read now, not when the run ends: the source tree may change under a long run.
         self.environment = environment(self.device)
+        self.setup_data()
+        self.setup_model()
+        self.setup_method()
+        self.sinks: list[MetricSink] = [RunFolderSink(self.run),
+                                        ConsoleSink(self.console, self.select_key, self.run.path), *self.extra_sinks]
+        if self.mezo_without_prompt():
+            self.warn("MeZO with a randomly initialised classifier head on a masked LM: without a prompt MeZO stays "
+                      "near chance (the MeZO paper's Table 5: SST-2 51.9 instead of 89.6); head=prompt, the default "
+                      "for masked LMs, scores label words with the pretrained masked-LM head")
+
+    def setup_data(self) -> None:
+        config = self.config
         self.data: TaskData = load_task_data(config.data, seed=config.train.seed)
         self.task = self.data.task
+        self.select_key = f"validation/{config.train.select_metric or self.task.main_metric}"
+        self.eval_splits = [name for name in self.data.splits if name != "train"]
+        self.baseline = majority_baseline(self.task, self.data.splits["test"].labels)
+        self.total_steps = planned_steps(config, len(self.data.splits["train"].labels))
+
+    def setup_model(self) -> None:
+        """The model with its head, the examples encoded for it, and what is trainable (LoRA or a subset)."""
+        config = self.config
         model, self.tokenizer = load_task_model(config.model, self.task)
         model.to(self.device)
         self.encoded = {
@@ -140,21 +153,14 @@ class Trainer:
         self.head_init = self.init_head(model) if config.model.head_init == "linear-probe" else None
         self.model = prepare_trainable(model, config.model, config.method.method, config.method.params)
         self.model.to(self.device)
+        self.forwards = ForwardCounter(self.model)
+
+    def setup_method(self) -> None:
+        config = self.config
         self.stream = BatchStream(self.encoded["train"], self.tokenizer, config.train.batch_size, config.train.seed,
                                   group_by_length=config.train.group_by_length)
-        self.total_steps = planned_steps(config, len(self.data.splits["train"].labels))
         self.method: TrainingMethod = build_method(self.model, config.method, self.total_steps, config.train.seed,
                                                    draw_batches=self.draw_batches)
-        self.forwards = ForwardCounter(self.model)
-        self.select_key = f"validation/{config.train.select_metric or self.task.main_metric}"
-        self.eval_splits = [name for name in self.encoded if name != "train"]
-        self.baseline = majority_baseline(self.task, self.data.splits["test"].labels)
-        self.state = LoopState()
-        self.stopped_by = "steps"
-        if self.mezo_without_prompt():
-            self.warn("MeZO with a randomly initialised classifier head on a masked LM: without a prompt MeZO stays "
-                      "near chance (the MeZO paper's Table 5: SST-2 51.9 instead of 89.6); head=prompt, the default "
-                      "for masked LMs, scores label words with the pretrained masked-LM head")
 
     def mezo_without_prompt(self) -> bool:
         model = self.config.model
@@ -257,9 +263,6 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------
 
-    def next_micro_batches(self) -> list[dict[str, torch.Tensor]]:
-        return self.draw_batches(self.config.method.grad_accumulation)
-
     def draw_batches(self, count: int | None) -> list[dict[str, torch.Tensor]]:
         """`count` more micro-batches from the training stream, or with None the whole training split in order.
 
@@ -273,7 +276,7 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         stopwatch = Stopwatch()
         forwards_before = self.forwards.count
-        micro_batches = self.next_micro_batches()
+        micro_batches = self.draw_batches(self.config.method.grad_accumulation)
         with stopwatch.timing(self.device):
             stats = self.method.step(micro_batches)
         self.state.step += 1
@@ -326,9 +329,8 @@ class Trainer:
         return None
 
     def log(self, record: dict[str, Any]) -> None:
-        self.run.append_metrics(record)
-        if record["kind"] == "eval":
-            self.console.evaluation(record, self.select_key)
+        for sink in self.sinks:
+            sink.log(record)
 
     def summary(self, status: str, memory: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
         trainable, total = count_parameters(self.model)
@@ -368,12 +370,15 @@ def _split_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
-          console: Console | None = None, command: list[str] | None = None) -> dict[str, Any]:
-    """Train according to `config` into the run folder `out`; returns the summary it wrote."""
+          console: Console | None = None, command: list[str] | None = None,
+          sinks: Sequence[MetricSink] = ()) -> dict[str, Any]:
+    """Train according to `config` into the run folder `out`; returns the summary it wrote. The records go
+    to the run folder and the console, and to `sinks` too (a TensorBoardSink, say)."""
     run = RunFolder(out)
     run.check(overwrite=overwrite, resume=resume)
     console = console or Console()
-    trainer = Trainer(config, run, console)
+    trainer = Trainer(config, run, console, sinks)
+    trainer.setup()
     if resume:
         trainer.restore_checkpoint()
     else:
@@ -391,8 +396,8 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
         summary = trainer.summary(status, memory.to_dict(), time.perf_counter() - started)
         summary["command"] = command
         summary["started_at"] = started_at
-        run.write_summary(summary)
-        console.close(summary, run.path)
+        for sink in trainer.sinks:  # the run folder's first: its summary.json must be written whatever follows
+            sink.close(summary)
     if status == "interrupted":
         raise Interrupted
     return summary

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import datasets
+
 from zoft.data.tasks import HUB_DATASET, Column, TaskSpec
 from zoft.errors import ZoftError, first_line
 from zoft.hub import require_hub
@@ -144,8 +146,6 @@ def read_glue_hub(task: TaskSpec) -> dict[str, Examples]:
 
 
 def _load_hub_dataset(hub_name: str) -> Any:
-    import datasets  # slow to import, and only this source needs it
-
     try:
         return datasets.load_dataset(HUB_DATASET, hub_name)
     except Exception as error:  # any failure of the download is the user's to see, in one line
