@@ -1,11 +1,16 @@
 """The config schema: method defaults, the three override spellings, YAML layouts, and refused values."""
 
+import re
+
 import pytest
 import yaml
 
 from zoft.config import (
     METHOD_DEFAULTS,
     MEZO_ALL_LR,
+    NON_NEGATIVE,
+    OPTIONAL_POSITIVE,
+    POSITIVE,
     RunConfig,
     apply_overrides,
     build_config,
@@ -231,6 +236,65 @@ def test_null_clears_an_optional_key():
 def test_out_of_range_values(overrides, key):
     with pytest.raises(ZoftError, match=f"config key '{key}'"):
         build_config(overrides=overrides)
+
+
+def keys_with(rule):
+    """The keys whose field declares `rule` in its option(..., check=...)."""
+    return [key for key, (_, field) in config_keys().items() if rule in field.metadata["checks"]]
+
+
+def test_each_constrained_key_declares_its_rule_next_to_its_field():
+    assert set(keys_with(POSITIVE)) == {
+        "lr", "eps", "n_perturbations", "grad_accumulation", "batch_size", "eval_batch_size", "eval_every",
+        "log_every", "max_length", "lora_r", "lora_alpha", "svrg_every",
+    }
+    assert set(keys_with(OPTIONAL_POSITIVE)) == {
+        "steps", "epochs", "train_limit", "k_shot", "test_limit", "max_minutes", "max_forward_passes",
+        "n_perturbations_final",
+    }
+    assert set(keys_with(NON_NEGATIVE)) == {
+        "weight_decay", "momentum", "lora_dropout", "divergence_factor", "checkpoint_every", "max_grad_norm",
+        "svrg_batches", "svrg_lr_full",
+    }
+
+
+# Parametrised from the declarations: a key declared with check=POSITIVE is tested here without naming it.
+@pytest.mark.parametrize("key", keys_with(POSITIVE) + keys_with(OPTIONAL_POSITIVE))
+def test_a_positive_key_refuses_zero_in_one_line(key):
+    with pytest.raises(ZoftError) as error:
+        build_config(overrides={"head": "classifier", key: "0"})
+    assert re.fullmatch(rf"config key '{key}': must be > 0, got 0(\.0)?", str(error.value))
+
+
+@pytest.mark.parametrize("key", keys_with(NON_NEGATIVE))
+def test_a_non_negative_key_takes_zero_and_refuses_less_in_one_line(key):
+    section = config_keys()[key][0]
+    assert getattr(getattr(build_config(overrides={"head": "classifier", key: "0"}), section), key) == 0
+    with pytest.raises(ZoftError) as error:
+        build_config(overrides={"head": "classifier", key: "-1"})
+    assert re.fullmatch(rf"config key '{key}': must be >= 0, got -1(\.0)?", str(error.value))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"validation_fraction": "0"}, "config key 'validation_fraction': must be between 0 and 1, got 0.0"),
+        ({"warmup_ratio": "-0.5"}, "config key 'warmup_ratio': must be in [0, 1), got -0.5"),
+        ({"method": "mezo", "momentum": "-0.5"}, "config key 'momentum': must be >= 0, got -0.5"),
+        ({"method": "mezo", "momentum": "1"}, "config key 'momentum': must be in [0, 1), got 1.0"),
+        ({"text_columns": "a,b,c"}, "config key 'text_columns': expected one or two columns, got ['a', 'b', 'c']"),
+    ],
+)
+def test_other_field_rules_word_their_errors_as_before(overrides, message):
+    with pytest.raises(ZoftError) as error:
+        build_config(overrides={"head": "classifier", **overrides})
+    assert str(error.value) == message
+
+
+def test_params_refuses_a_broken_regex_in_one_line():
+    with pytest.raises(ZoftError) as error:
+        build_config(overrides={"head": "classifier", "method": "mezo", "params": "("})
+    assert re.fullmatch(r"config key 'params': '\(' is not a valid regular expression \(.+\)", str(error.value))
 
 
 def test_params_needs_mezo():
