@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from zoft import presets
-from zoft.config import RunConfig, build_config, load_yaml, to_yaml
+from zoft.config import RunConfig, build_config, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
-from zoft.method_names import lookup, name_of
+from zoft.method_names import name_of
 from zoft.runs import RunFolder
 
 
@@ -48,14 +48,11 @@ def plan(methods: list[str], overrides: dict[str, Any], preset_names: list[str],
         raise ZoftError(f"--preset given for {', '.join(sorted(unused))}, which is not among the methods compared")
     configs = {}
     for name in methods:
-        keys = lookup(name).keys()
-        probe = build_config(overrides={**overrides, **keys})
-        preset = by_method.get(name) or presets.packaged(probe.data.task, probe.model.model, probe.model.head, name)
-        preset_keys = load_yaml(preset) if preset else {}
-        config = build_config(overrides={**preset_keys, **overrides, **keys})
+        config = presets.layered_config(name, overrides, by_method.get(name))
         if budget_forwards is not None:
-            config = build_config(overrides={**preset_keys, **overrides, **keys, "max_forward_passes": budget_forwards,
-                                             "steps": max(1, budget_forwards // forwards_per_step(config))})
+            budget = {"max_forward_passes": budget_forwards,
+                      "steps": max(1, budget_forwards // forwards_per_step(config))}
+            config = presets.layered_config(name, overrides, by_method.get(name), budget)
         configs[name] = config
     return configs
 

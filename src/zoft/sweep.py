@@ -24,7 +24,6 @@ from zoft.compare import method_name
 from zoft.config import RunConfig, build_config, config_keys, load_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
-from zoft.method_names import lookup
 from zoft.runs import RunFolder
 
 
@@ -75,14 +74,8 @@ def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | N
          ) -> list[tuple[dict[str, str], RunConfig]]:
     """The config of every grid point: `preset` (else the packaged one for the task, model, head and method),
     then the overrides, then the point; each is checked before anything trains."""
-    preset_keys = load_yaml(preset) if preset else {}
-    base = build_config(overrides={**preset_keys, **overrides})
-    keys = lookup(method_name(base)).keys()
-    if preset is None:
-        packaged = presets.packaged(base.data.task, base.model.model, base.model.head, method_name(base))
-        preset_keys = load_yaml(packaged) if packaged else {}
-    return [(point, build_config(overrides={**preset_keys, **overrides, **point, **keys}))
-            for point in grid_points(grid)]
+    method = method_name(build_config(overrides={**(load_yaml(preset) if preset else {}), **overrides}))
+    return [(point, presets.layered_config(method, overrides, preset, point)) for point in grid_points(grid)]
 
 
 def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path,
