@@ -1,14 +1,19 @@
-"""Method mezo with MeZO-SVRG and n-SPSA schedules, through the real CLI on a tiny BERT and a slice of MRPC."""
+"""Method mezo with MeZO-SVRG and n-SPSA schedules: through the real CLI on a tiny BERT and a slice of MRPC,
+and its estimator side (large batches, records) on a tiny random classifier."""
 
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from zoft.cli import main
+from zoft.config import MethodConfig
+from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer
+from zoft.optim import LinearSchedule, ZerothOrderSGD, ZerothOrderSVRG
 from zoft.train import Trainer
 
 TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
@@ -111,3 +116,91 @@ def test_cache_z_runs_are_the_same_runs_bit_for_bit(tmp_path, tiny_run_args, par
     plain, cached = (load_file(runs[c] / "checkpoint" / "trainable.safetensors") for c in ("false", "true"))
     assert plain.keys() == cached.keys() and all(torch.equal(plain[name], cached[name]) for name in plain)
     assert without_timings(train_records(runs["false"])) == without_timings(train_records(runs["true"]))
+
+
+# The estimator side on a tiny random classifier (no data): what is drawn when, and what is logged.
+
+
+def zo_config(**overrides) -> MethodConfig:
+    settings = {"method": "mezo", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant", "warmup_ratio": 0.0,
+                **overrides}
+    return MethodConfig(**settings)
+
+
+class CountingDraws:
+    """draw_batches for the method: records each request and serves fresh random micro-batches."""
+
+    def __init__(self, make_batch) -> None:
+        self.make_batch = make_batch
+        self.requests: list[int | None] = []
+
+    def __call__(self, count: int | None) -> list[dict[str, torch.Tensor]]:
+        self.requests.append(count)
+        return [self.make_batch(4, 100 + i) for i in range(3 if count is None else count)]
+
+
+def test_svrg_draws_its_large_batch_only_on_snapshot_steps(tiny_classifier, make_batch) -> None:
+    draws = CountingDraws(make_batch)
+    method = ZerothOrder(tiny_classifier, zo_config(zo_estimator="svrg", svrg_every=2, svrg_batches=3),
+                         total_steps=5, seed=0, draw_batches=draws)
+    drawn_by_step = []
+    for step in range(5):
+        record = method.step([make_batch(4, step)])
+        drawn_by_step.append(list(draws.requests))
+        draws.requests.clear()
+        assert record["snapshot"] == (1.0 if step % 2 == 0 else 0.0)
+        assert ("projected_grad_at_snapshot" in record) == (step % 2 == 1)
+    # Snapshots at steps 0, 2 and 4: the step's micro-batch and 2 more, drawn once for the 2N forwards.
+    assert drawn_by_step == [[2], [], [2], [], [2]]
+
+
+def test_svrg_with_size_0_draws_the_whole_split(tiny_classifier, make_batch) -> None:
+    draws = CountingDraws(make_batch)
+    method = ZerothOrder(tiny_classifier, zo_config(zo_estimator="svrg", svrg_every=3, svrg_batches=0),
+                         total_steps=3, seed=0, draw_batches=draws)
+    method.step([make_batch(4, 0)])
+    assert draws.requests == [None]
+
+
+def test_snapshot_batches_are_drawn_at_the_first_call_and_kept() -> None:
+    draws = []
+
+    def draw(count):
+        draws.append(count)
+        return [{"labels": torch.zeros(2)} for _ in range(count)]
+
+    class Model(torch.nn.Module):
+        def forward(self, labels):
+            return SimpleNamespace(loss=labels.sum() + len(labels))
+
+    closure = SnapshotBatches(3, draw).loss(Model(), [{"labels": torch.zeros(4)}])
+    assert draws == []  # building the closure draws nothing
+    assert float(closure()) == float(closure()) == 4 * 4 / 8 + 2 * 2 * 2 / 8
+    assert draws == [2]
+
+
+def test_spsa_never_draws_and_logs_the_optimisers_record(tiny_classifier, make_batch) -> None:
+    draws = CountingDraws(make_batch)
+    method = ZerothOrder(tiny_classifier, zo_config(n_perturbations=2), total_steps=3, seed=0, draw_batches=draws)
+    record = method.step([make_batch(4, 0), make_batch(2, 1)])
+    assert draws.requests == []
+    assert list(record) == ["loss", "loss_plus", "loss_minus", "projected_grad", "lr", "backward_passes"]
+    assert record["loss"] == (record["loss_plus"] + record["loss_minus"]) / 2
+    assert isinstance(method.optimizer, ZerothOrderSGD)
+
+
+def test_svrg_without_a_way_to_draw_is_refused_at_its_snapshot(tiny_classifier, make_batch) -> None:
+    method = ZerothOrder(tiny_classifier, zo_config(zo_estimator="svrg", svrg_every=2, svrg_batches=3),
+                         total_steps=3, seed=0)
+    before = {name: p.detach().clone() for name, p in tiny_classifier.named_parameters()}
+    with pytest.raises(ValueError, match="draw training batches"):
+        method.step([make_batch(4, 0)])
+    assert all(torch.equal(before[name], p) for name, p in tiny_classifier.named_parameters())
+
+
+def test_build_zo_optimizer_follows_the_estimator_and_the_schedule() -> None:
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(3))]}]
+    svrg = build_zo_optimizer(groups, zo_config(zo_estimator="svrg", svrg_every=7, svrg_lr_full=0.5), 10, seed=0)
+    assert isinstance(svrg, ZerothOrderSVRG) and svrg.q == 7 and svrg.param_groups[0]["lr_full"] == 0.5
+    spsa = build_zo_optimizer(groups, zo_config(n_perturbations=1, n_perturbations_final=4), 10, seed=0)
+    assert isinstance(spsa, ZerothOrderSGD) and spsa.n_perturbations == LinearSchedule(1, 4, 10)

@@ -552,3 +552,25 @@ def test_stats_are_plain_python_numbers() -> None:
     assert stats.forward_passes == 6
     assert len(stats.losses_plus) == len(stats.losses_minus) == len(stats.projected_grads) == 3
     assert stats.loss == pytest.approx((stats.loss_plus + stats.loss_minus) / 2)
+
+
+def test_full_closure_is_accepted_and_never_called() -> None:
+    # One stepping interface for both estimators: SPSA takes the large-batch closure and ignores it.
+    quadratic, twin = Quadratic(dim=4), Quadratic(dim=4)
+
+    def never() -> Tensor:
+        raise AssertionError("ZerothOrderSGD called full_closure")
+
+    stats = ZerothOrderSGD([quadratic.x], lr=0.1, seed=3).step(quadratic.loss, full_closure=never)
+    plain = ZerothOrderSGD([twin.x], lr=0.1, seed=3).step(twin.loss)
+    assert stats == plain
+    assert torch.equal(quadratic.x, twin.x)
+
+
+def test_the_record_is_the_loss_and_the_two_point_means() -> None:
+    quadratic = Quadratic(dim=3)
+    stats = ZerothOrderSGD([quadratic.x], n_perturbations=3, seed=0).step(quadratic.loss)
+    assert stats.record() == {"loss": stats.loss, "loss_plus": stats.loss_plus, "loss_minus": stats.loss_minus,
+                              "projected_grad": stats.projected_grad}
+    # The very float the method used to log by recomputing it.
+    assert stats.record()["loss"] == (stats.loss_plus + stats.loss_minus) / 2

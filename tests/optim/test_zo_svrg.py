@@ -422,3 +422,18 @@ def test_svrg_steps_scale_with_the_scheduled_count() -> None:
     # steps 0-5 use N = 1, 1, 2, 2, 3, 3; snapshots (steps 0 and 3) call the closure 2N times, others 4N.
     assert [s.forward_passes for s in stats] == [2, 4, 8, 4, 12, 12]
     assert [len(s.seeds) for s in stats] == [1, 1, 2, 2, 3, 3]
+
+
+def test_the_record_says_whether_the_step_was_a_snapshot() -> None:
+    problem = FiniteSum()
+    optimizer = ZerothOrderSVRG([problem.x], lr=0.01, q=NEVER, n_perturbations=2, seed=0)
+    snapshot = optimizer.step(full_closure=problem.full())
+    assert snapshot.record() == {"loss": snapshot.loss, "loss_plus": snapshot.loss_plus,
+                                 "loss_minus": snapshot.loss_minus, "projected_grad": snapshot.projected_grad,
+                                 "snapshot": 1.0}
+    stats = optimizer.step(problem.closure(torch.tensor([0, 3])))
+    record = stats.record()
+    assert record["snapshot"] == 0.0
+    assert record["projected_grad_at_snapshot"] == sum(stats.snapshot_projected_grads) / 2
+    assert list(record) == ["loss", "loss_plus", "loss_minus", "projected_grad", "snapshot",
+                            "projected_grad_at_snapshot"]

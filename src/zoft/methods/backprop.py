@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from zoft.config import MethodConfig
-from zoft.methods import OptimizerState, batch_weights, build_scheduler, current_lr, trainable_named_parameters
+from zoft.methods.common import OptimizerState, batch_weights, build_scheduler, current_lr, trainable_named_parameters
 from zoft.optim import decay_param_groups
 
 

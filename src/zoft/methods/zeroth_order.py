@@ -1,9 +1,15 @@
-"""MeZO: zeroth-order SGD on the trainable parameters, two forward passes per step, no backward."""
+"""MeZO: zeroth-order SGD on the trainable parameters, two forward passes per step, no backward.
+
+The estimator is MeZO's two-point SPSA or MeZO-SVRG with its large-batch snapshots (``zo_estimator``):
+both optimisers step alike, ``step(closure, full_closure)``, and say what they measured in
+``stats.record()``, so this module picks one in :func:`build_zo_optimizer` and never asks which it has.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -12,10 +18,70 @@ from torch import nn
 
 from zoft.config import MethodConfig
 from zoft.heads import classification_loss
-from zoft.methods import OptimizerState, batch_weights, build_scheduler, current_lr, trainable_named_parameters
-from zoft.methods.zo_estimators import DrawBatches, SnapshotBatches, build_zo_optimizer, estimator_record, zo_step
+from zoft.methods.common import (
+    Batch,
+    DrawBatches,
+    OptimizerState,
+    batch_weights,
+    build_scheduler,
+    current_lr,
+    trainable_named_parameters,
+)
 from zoft.models import head_linear
-from zoft.optim import NonFiniteLossError, decay_param_groups
+from zoft.optim import LinearSchedule, NonFiniteLossError, ZerothOrderSGD, ZerothOrderSVRG, decay_param_groups
+
+Closure = Callable[[], torch.Tensor]
+
+
+def build_zo_optimizer(groups: list[dict], cfg: MethodConfig, total_steps: int,
+                       seed: int) -> ZerothOrderSGD | ZerothOrderSVRG:
+    """The optimiser that `cfg` asks for, with n-SPSA growing linearly over the run when
+    `n_perturbations_final` is set (the optimiser's state dict keeps the step count: resumable)."""
+    n_perturbations = (
+        cfg.n_perturbations if cfg.n_perturbations_final is None
+        else LinearSchedule(cfg.n_perturbations, cfg.n_perturbations_final, total_steps)
+    )
+    if cfg.zo_estimator == "svrg":
+        return ZerothOrderSVRG(groups, lr=cfg.lr, lr_full=cfg.svrg_lr_full, eps=cfg.eps, q=cfg.svrg_every,
+                               n_perturbations=n_perturbations, seed=seed, cache_z=cfg.cache_z)
+    return ZerothOrderSGD(groups, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum, n_perturbations=n_perturbations,
+                          seed=seed, cache_z=cfg.cache_z)
+
+
+def mean_loss(model: nn.Module, batches: list[Batch], weights: list[float]) -> torch.Tensor:
+    """The loss over `batches` as one batch: each micro-batch's mean loss weighted by its share of examples."""
+    return sum(model(**batch).loss * w for batch, w in zip(batches, weights, strict=True))
+
+
+class SnapshotBatches:
+    """The large batch of a MeZO-SVRG snapshot: with ``size`` > 0 the step's own micro-batches and enough
+    more from the training stream to make ``size``; with 0 the whole training split (exact, and costly:
+    2 forwards per perturbation for each of its batches)."""
+
+    def __init__(self, size: int, draw: DrawBatches | None) -> None:
+        self.size = size
+        self.draw = draw
+
+    def batches(self, micro_batches: list[Batch]) -> list[Batch]:
+        if self.draw is None:
+            raise ValueError("zo_estimator=svrg needs a way to draw training batches for its snapshots")
+        if self.size == 0:
+            return self.draw(None)
+        return [*micro_batches, *self.draw(self.size - len(micro_batches))]
+
+    def loss(self, model: nn.Module, micro_batches: list[Batch]) -> Closure:
+        """The mean loss over a large batch, drawn at the closure's first call and the same on every later
+        one. Passed as every step's ``full_closure``, it is called only on a snapshot step (never by
+        MeZO's SPSA), so the training stream gives up its extra batches only then. The draw now falls
+        inside the optimiser's step, at its first forward: it touches neither the model nor the
+        optimiser's generators, so the run is the same to the bit as when it was drawn before the step."""
+
+        @functools.cache
+        def drawn() -> tuple[list[Batch], list[float]]:
+            batches = self.batches(micro_batches)
+            return batches, batch_weights(batches)
+
+        return lambda: mean_loss(model, *drawn())
 
 
 class ExactHead:
@@ -88,22 +154,15 @@ class ZerothOrder(OptimizerState):
         # Dropout off: both perturbed forwards must see the same network, or the difference is noise.
         self.model.eval()
         weights = batch_weights(micro_batches)
-
-        def loss() -> torch.Tensor:
-            return sum(self.model(**batch).loss * w for batch, w in zip(micro_batches, weights, strict=True))
-
         lr = current_lr(self.optimizer)
         try:
             with self.exact_head.capturing() if self.exact_head else nullcontext():
-                stats = zo_step(self.optimizer, loss, lambda: self.snapshot_batches.loss(self.model, micro_batches))
+                stats = self.optimizer.step(lambda: mean_loss(self.model, micro_batches, weights),
+                                            full_closure=self.snapshot_batches.loss(self.model, micro_batches))
         except NonFiniteLossError as error:
             # The optimiser restored the parameters; the loop sees the non-finite loss and stops the run.
             return {"loss": math.nan, "loss_plus": error.loss_plus, "loss_minus": error.loss_minus, "lr": lr,
                     "backward_passes": 0}
         self.scheduler.step()
         head = {"head_loss": self.exact_head.step(micro_batches, weights)} if self.exact_head else {}
-        return {
-            "loss": (stats.loss_plus + stats.loss_minus) / 2, "loss_plus": stats.loss_plus,
-            "loss_minus": stats.loss_minus, "projected_grad": stats.projected_grad, "lr": lr, **head,
-            **estimator_record(stats), "backward_passes": 0,
-        }
+        return {**stats.record(), "lr": lr, **head, "backward_passes": 0}

@@ -65,6 +65,12 @@ class ZOStepStats:
         """The mean of loss+ and loss-, a central estimate of the loss at the unperturbed parameters."""
         return (self.loss_plus + self.loss_minus) / 2
 
+    def record(self) -> dict[str, float]:
+        """What a training loop logs of the step: its loss, the two-point means and the projected gradient
+        (estimators with more to say add their keys)."""
+        return {"loss": self.loss, "loss_plus": self.loss_plus, "loss_minus": self.loss_minus,
+                "projected_grad": self.projected_grad}
+
 
 class NonFiniteLossError(FloatingPointError):
     """The closure returned NaN or infinity; the parameters were restored and no update was applied."""
@@ -279,7 +285,12 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
     losses with guaranteed restoration, the fused restore-and-update, and a count of the steps taken.
 
     Subclasses define ``step`` and, through :meth:`_buffers`, the per-parameter state tensors that their
-    slices carry alongside the parameter views.
+    slices carry alongside the parameter views. They share one stepping interface,
+    ``step(closure, full_closure=None) -> ZOStepStats``: ``closure`` is the loss over the step's
+    minibatch; ``full_closure`` the loss over a large batch, called only by an estimator that needs one
+    and only on the steps that need it (ZerothOrderSGD never calls it, ZerothOrderSVRG on its snapshot
+    steps). A caller can therefore pass both on every step, whatever the estimator, and draw the large
+    batch lazily inside ``full_closure``.
     """
 
     def __init__(
@@ -542,8 +553,14 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> ZOStepStats:  # type: ignore[override]
-        """Estimate the gradient from ``2 * n_perturbations`` calls of ``closure`` and update."""
+    def step(  # type: ignore[override]
+        self, closure: Closure | None = None, full_closure: Closure | None = None
+    ) -> ZOStepStats:
+        """Estimate the gradient from ``2 * n_perturbations`` calls of ``closure`` and update.
+
+        ``full_closure`` is never called: it is accepted so that every zeroth-order optimiser steps alike
+        (see :class:`~zoft.optim.ZerothOrderSVRG`, which calls it on its snapshot steps).
+        """
         if closure is None:
             raise TypeError(
                 "ZerothOrderSGD.step needs a closure that returns the loss, e.g. "

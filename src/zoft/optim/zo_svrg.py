@@ -58,6 +58,14 @@ class SVRGStepStats(ZOStepStats):
     snapshot_losses_minus: list[float]
     snapshot_projected_grads: list[float]
 
+    def record(self) -> dict[str, float]:
+        """Beyond MeZO's keys: whether the step was a snapshot (its losses are then the large batch's), else
+        the mean projected gradient of the same minibatch and z at the snapshot."""
+        if self.full_batch:
+            return {**super().record(), "snapshot": 1.0}
+        mean = sum(self.snapshot_projected_grads) / len(self.snapshot_projected_grads)
+        return {**super().record(), "snapshot": 0.0, "projected_grad_at_snapshot": mean}
+
 
 class ZerothOrderSVRG(_ZerothOrderOptimizer):
     """MeZO-SVRG (Gautam et al. 2024): the control-variate SPSA estimator, one step at a time.
