@@ -72,9 +72,9 @@ class SnapshotBatches:
     def loss(self, model: nn.Module, micro_batches: list[Batch]) -> Closure:
         """The mean loss over a large batch, drawn at the closure's first call and the same on every later
         one. Passed as every step's ``full_closure``, it is called only on a snapshot step (never by
-        MeZO's SPSA), so the training stream gives up its extra batches only then. The draw now falls
-        inside the optimiser's step, at its first forward: it touches neither the model nor the
-        optimiser's generators, so the run is the same to the bit as when it was drawn before the step."""
+        MeZO's SPSA), so the training stream gives up its extra batches only then. Drawing inside the
+        optimiser's step touches neither the model nor the optimiser's generators: the run is the same to
+        the bit as with the batch drawn before the step."""
 
         @functools.cache
         def drawn() -> tuple[list[Batch], list[float]]:
