@@ -31,9 +31,8 @@ from pathlib import Path
 import torch
 
 from zoft.config import DataConfig, MethodConfig, ModelConfig
-from zoft.data.batches import BatchStream, encode
+from zoft.data.batches import BatchStream, encode, to_device
 from zoft.data.splits import load_task_data
-from zoft.evaluate import to_device
 from zoft.measure import measure_memory, pick_device, synchronize
 from zoft.methods import build_method
 from zoft.models import load_model, prepare_trainable

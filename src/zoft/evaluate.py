@@ -8,13 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoft.data.batches import EncodedSplit, eval_batches
+from zoft.data.batches import EncodedSplit, eval_batches, to_device
 from zoft.data.tasks import TaskSpec
 from zoft.metrics import compute_metrics
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 @dataclass

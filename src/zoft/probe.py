@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoft.data.batches import EncodedSplit, eval_batches
-from zoft.evaluate import to_device
+from zoft.data.batches import EncodedSplit, eval_batches, to_device
 from zoft.models import head_linear
 
 L2_GRID = (1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0)

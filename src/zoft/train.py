@@ -22,9 +22,9 @@ from transformers import set_seed
 
 from zoft.config import RunConfig
 from zoft.console import Console, format_baseline
-from zoft.data.batches import BatchStream, encode, eval_batches
+from zoft.data.batches import BatchStream, encode, eval_batches, to_device
 from zoft.data.splits import TaskData, load_task_data
-from zoft.evaluate import evaluate_split, to_device
+from zoft.evaluate import evaluate_split
 from zoft.measure import ForwardCounter, Stopwatch, measure_memory, pick_device
 from zoft.methods import TrainingMethod, build_method
 from zoft.metrics import majority_baseline

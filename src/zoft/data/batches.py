@@ -163,3 +163,7 @@ class BatchStream:
             batches += [megabatch[i : i + self._batch_size] for i in range(0, len(megabatch), self._batch_size)]
         shuffled = torch.randperm(len(batches), generator=self._generator).tolist()
         return [batches[i] for i in shuffled]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
