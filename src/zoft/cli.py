@@ -13,6 +13,7 @@ from zoft.config import RunConfig, build_config, config_keys, load_yaml, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.method_names import METHODS, name_of
+from zoft.runs import Status, Summary
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -73,14 +74,14 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"zoft: interrupted; a checkpoint was saved: continue with `zoft train --out {out} --resume`",
               file=sys.stderr)
         return 130
-    return 1 if summary["status"] == "diverged" else 0
+    return 1 if summary.status == Status.DIVERGED else 0
 
 
 def train_callable(args: argparse.Namespace):
     """zoft.train.train with this command's console and command line, for compare and sweep."""
     from zoft.train import train
 
-    def run(config, out: Path, *, overwrite: bool, resume: bool) -> dict[str, Any]:
+    def run(config, out: Path, *, overwrite: bool, resume: bool) -> Summary:
         return train(config, out, overwrite=overwrite, resume=resume, console=Console(quiet=args.quiet),
                      command=["zoft", *args.argv])
 

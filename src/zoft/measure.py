@@ -17,6 +17,10 @@ import psutil
 import torch
 from torch import nn
 
+# Steps averaged for the loss at the start and at the end of a run: the divergence check compares the mean of the
+# last LOSS_WINDOW steps with that of the first, and the report shows the same windows of logged steps.
+LOSS_WINDOW = 10
+
 
 class ForwardCounter:
     """Counts calls of a module's forward while enabled (training steps), not during evaluation."""

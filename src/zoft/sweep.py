@@ -25,7 +25,7 @@ from zoft.config import RunConfig, build_config, config_keys, load_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.method_names import lookup
-from zoft.runs import RunFolder
+from zoft.runs import RunFolder, Status, Summary
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -59,7 +59,7 @@ def point_name(point: dict[str, str]) -> str:
 class SweepResult:
     point: dict[str, str]
     folder: Path
-    status: str
+    status: Status
     select_metric: str  # e.g. validation/accuracy
     score: float | None  # its best value over the run's evaluations
     best_step: int | None
@@ -68,7 +68,7 @@ class SweepResult:
 
     @property
     def ranked(self) -> bool:
-        return self.status == "completed" and self.score is not None and not math.isnan(self.score)
+        return self.status == Status.COMPLETED and self.score is not None and not math.isnan(self.score)
 
 
 def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | None = None
@@ -86,7 +86,7 @@ def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | N
 
 
 def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path,
-              train: Callable[..., dict[str, Any]], console: Console | None = None) -> list[SweepResult]:
+              train: Callable[..., Summary], console: Console | None = None) -> list[SweepResult]:
     console = console or Console()
     results = []
     for index, (point, config) in enumerate(points, 1):
@@ -112,18 +112,15 @@ def _rank_key(result: SweepResult) -> tuple[bool, float, float]:
 
 
 def _finished(folder: RunFolder, config: RunConfig) -> bool:
-    if not (folder.path / "summary.json").is_file() or folder.read_config() != config:
-        return False
-    return folder.read_summary()["status"] in ("completed", "diverged")
+    return folder.summary_path.is_file() and folder.read_config() == config and folder.finished()
 
 
 def _result(point: dict[str, str], folder: RunFolder) -> SweepResult:
     summary = folder.read_summary()
-    best = summary["best"]
-    return SweepResult(point=point, folder=folder.path, status=summary["status"],
-                       select_metric=summary["select_metric"], score=best.get(summary["select_metric"]),
-                       best_step=best["step"], final_score=summary["final"].get(summary["select_metric"]),
-                       steps=summary["steps"])
+    key = summary.select_key
+    return SweepResult(point=point, folder=folder.path, status=summary.status, select_metric=key,
+                       score=summary.best.get(key), best_step=summary.best["step"],
+                       final_score=summary.final.get(key), steps=summary.steps)
 
 
 def write_table(results: list[SweepResult], out: Path) -> None:
