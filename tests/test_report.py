@@ -14,16 +14,10 @@ from PIL import Image
 
 from zoft.cli import main
 from zoft.errors import ZoftError
-from zoft.report import (
-    format_bytes,
-    format_count,
-    format_metric,
-    format_seconds,
-    label_runs,
-    load_run,
-    plot_style,
-    write_report,
-)
+from zoft.report import write_report
+from zoft.report.plots import plot_style
+from zoft.report.records import label_runs, load_run
+from zoft.report.text import format_bytes, format_count, format_metric, format_seconds
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ import yaml
 from zoft.cli import main
 from zoft.compare import plan
 from zoft.errors import ZoftError
-from zoft.report import load_run
+from zoft.report.records import load_run
 from zoft.sweep import SweepResult, grid_points, parse_grid, rank
 
 
@@ -62,7 +62,7 @@ def test_the_sweep_writes_its_table_heat_map_and_best(swept):
     assert scores == sorted(scores, reverse=True) and len(ranked) == 2
     for row in ranked:  # each score is the best validation value of its run, never a test value
         run = load_run(out / row["run"])
-        assert float(row["validation/accuracy"]) == pytest.approx(run.summary["best"]["validation/accuracy"],
+        assert float(row["validation/accuracy"]) == pytest.approx(run.summary.best["validation/accuracy"],
                                                                   abs=5e-5)
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "validation split" in (out / "sweep.md").read_text()
