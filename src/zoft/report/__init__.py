@@ -38,7 +38,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
         plot(runs, out / names[key])
     methods = " vs ".join(run.label for run in runs) if len(runs) <= 4 else f"{len(runs)} runs"
     title = title or f"{runs[0].task.upper()}: {methods}"
-    sections = [header_section(runs, title), findings_section(runs), setup_section(runs), comparison_section(runs),
+    sections = [header_section(runs, title, out), findings_section(runs), setup_section(runs), comparison_section(runs),
                 seeds_section(runs), dynamics_section(runs), plots_section(names)]
     report = out / "report.md"
     report.write_text("\n\n".join(section for section in sections if section) + "\n")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import zoft
 from zoft.report.records import RunRecord, label_by_difference, seed_groups, setting, trains_lora
@@ -28,7 +30,9 @@ from zoft.report.text import (
 from zoft.runs import DataInfo, describe_stop, git_commit
 
 
-def header_section(runs: Sequence[RunRecord], title: str) -> str:
+def header_section(runs: Sequence[RunRecord], title: str, out: Path) -> str:
+    """Title, task, model, data and provenance; run folders are named relative to `out`, the report's folder,
+    so that the report reads the same wherever it was written from (and regenerates byte for byte)."""
     first = runs[0]
     data = first.summary.data if first.summary else DataInfo()
     sizes = ", ".join(f"{split} {format_int(n)}" for split, n in data.sizes.items()) or "n/a"
@@ -44,8 +48,8 @@ def header_section(runs: Sequence[RunRecord], title: str) -> str:
         f"- **Report**: written by zoft {zoft.__version__}{f' at commit {format_commit(commit)}' if commit else ''}"
         f" from {len(runs)} run folder{'s' if len(runs) > 1 else ''}.",
         "", "## Runs", "",
-        markdown_table(["Run", "Folder", "Status", "Device", "Versions", "Made by commit"],
-                       [_provenance_row(run) for run in runs], numbers=False),
+        markdown_table(["Run", "Folder (relative to this report)", "Status", "Device", "Versions", "Made by commit"],
+                       [_provenance_row(run, out) for run in runs], numbers=False),
         "", "Commands that produced them:", "", "```sh",
     ]
     by_command: dict[str, list[str]] = {}  # one compare command makes several runs: show it once
@@ -58,11 +62,11 @@ def header_section(runs: Sequence[RunRecord], title: str) -> str:
     return "\n".join([*lines, "```"])
 
 
-def _provenance_row(run: RunRecord) -> list[str]:
+def _provenance_row(run: RunRecord, out: Path) -> list[str]:
     summary = run.summary
     device = summary.device.describe() if summary and summary.device else "n/a"
     versions = ", ".join(f"{name} {version}" for name, version in summary.versions.items()) if summary else ""
-    return [run.label, f"`{run.path}`", format_status(run), device, versions or "n/a",
+    return [run.label, f"`{os.path.relpath(run.path, out)}`", format_status(run), device, versions or "n/a",
             format_commit(summary.git_commit if summary else None)]
 
 
