@@ -8,7 +8,7 @@ import torch
 
 from zoft.config import build_config
 from zoft.errors import ZoftError
-from zoft.runs import FINISHED, RUN_ENTRIES, RunFolder, Status, Summary, environment, git_commit
+from zoft.runs import FINISHED, RUN_ENTRIES, RunFolder, Status, Summary, describe_stop, environment, git_commit
 
 
 @pytest.fixture
@@ -298,6 +298,12 @@ def test_a_format_1_summary_round_trips_with_the_keys_of_format_0():
     assert summary.to_json() == document
     assert list(summary.to_json()) == ["format", *FORMAT_0]  # the keys in format 0's order
     assert Summary.from_json(FORMAT_0).to_json() == document  # an old file is rewritten in the new format
+
+
+def test_the_limit_that_stopped_a_run_reads_as_format_0_wrote_it():
+    assert describe_stop("max_minutes", 10.0, None) == "time budget of 10 minutes"
+    assert describe_stop("max_minutes", 0.0001, None) == "time budget of 0.0001 minutes"
+    assert describe_stop("max_forward_passes", None, 400) == "budget of 400 forward passes"
 
 
 def test_a_summary_of_a_newer_format_or_an_unknown_stop_is_refused():

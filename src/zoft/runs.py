@@ -141,7 +141,7 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         document = {"format": SUMMARY_FORMAT, **asdict(self)}
-        document["status"] = self.status.value
+        document["status"] = Status(self.status).value
         document["select_metric"] = document.pop("select_key")
         # the keys in the order format 0 wrote them, so that old and new files read alike
         return {key: document[key] for key in ("format", *_KEY_ORDER)}

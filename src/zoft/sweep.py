@@ -115,7 +115,7 @@ def _rank_key(result: SweepResult) -> tuple[bool, float, float]:
 
 
 def _finished(folder: RunFolder, config: RunConfig) -> bool:
-    return folder.summary_path.is_file() and folder.read_config() == config and folder.finished()
+    return folder.finished() and folder.read_config() == config
 
 
 def _result(point: dict[str, str], folder: RunFolder) -> SweepResult:
