@@ -52,7 +52,7 @@ def test_a_time_budget_stops_each_method(tmp_path, tiny_run_args):
     args = ["compare", "--out", str(out), "--methods", "lora", "--budget-minutes", "0.0001", *tiny_run_args]
     assert main(args) == 0
     summary = json.loads((out / "lora" / "summary.json").read_text())
-    assert summary["steps"] == 1 and summary["stopped_by"] == "time budget of 0.0001 minutes"
+    assert summary["steps"] == 1 and summary["stopped_by"] == "max_minutes"
     assert summary["final"]["step"] == 1
 
 

@@ -49,7 +49,7 @@ def comparison(tmp_path_factory, real_glue) -> Path:
 @pytest.mark.parametrize("method", list(METHODS))
 def test_prompt_based_runs_learn_above_their_zero_shot_start(comparison, method):
     run = RunFolder(comparison / method)
-    summary = run.read_summary()
+    summary = run.read_summary().to_json()
     evals = [r for r in run.read_metrics() if r["kind"] == "eval"]
     zero_shot = evals[0]
     assert zero_shot["step"] == 0 and summary["status"] == "completed"
@@ -84,4 +84,4 @@ def test_the_saved_mezo_model_reloads_and_predicts_alike(comparison):
     result = evaluate_split(model, encoded, tokenizer, data.task, 64, torch.device("cpu"))
     saved = [json.loads(line) for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
     assert result.predictions.tolist() == [row["prediction"] for row in saved]
-    assert result.metrics["accuracy"] == RunFolder(run).read_summary()["best"]["test/accuracy"]
+    assert result.metrics["accuracy"] == RunFolder(run).read_summary().best["test/accuracy"]

@@ -239,7 +239,7 @@ def test_lora_trains_the_adapters_through_the_prompt(tmp_path, tiny_bert_mlm, re
     # trained adapters (a later best step) and the reload below checks them, not LoRA's zero start.
     assert train_sst2_prompt(run, tiny_bert_mlm, real_glue, "--method", "lora", "--lr", "3e-2") == 0, \
         capsys.readouterr().err
-    summary = RunFolder(run).read_summary()
+    summary = RunFolder(run).read_summary().to_json()
     assert summary["status"] == "completed" and summary["passes"]["backward"] == 6
     assert summary["best"]["step"] > 0
     losses = [r["loss"] for r in RunFolder(run).read_metrics() if r["kind"] == "train"]
@@ -256,7 +256,7 @@ def test_mezo_trains_through_the_prompt_with_forward_passes_only(tmp_path, tiny_
     run = tmp_path / "run"
     options = ["--method", "mezo", "--params", params, "--lr", lr]
     assert train_sst2_prompt(run, tiny_bert_mlm, real_glue, *options) == 0, capsys.readouterr().err
-    summary = RunFolder(run).read_summary()
+    summary = RunFolder(run).read_summary().to_json()
     assert summary["status"] == "completed" and summary["passes"] == {"forward": 12, "backward": 0}
     train = [r for r in RunFolder(run).read_metrics() if r["kind"] == "train"]
     assert len(train) == 6 and all(r["loss_plus"] > 0 and r["loss_minus"] > 0 for r in train)

@@ -8,7 +8,7 @@ import torch
 
 from zoft.config import build_config
 from zoft.errors import ZoftError
-from zoft.runs import RUN_ENTRIES, RunFolder, environment, git_commit
+from zoft.runs import FINISHED, RUN_ENTRIES, RunFolder, Status, Summary, describe_stop, environment, git_commit
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def make_run(path, config) -> RunFolder:
     run = RunFolder(path)
     run.begin(config, overwrite=False)
     run.append_metrics({"kind": "train", "step": 1, "loss": 0.5})
-    run.write_summary({"status": "completed"})
+    run.write_summary(Summary(status=Status.COMPLETED))
     for entry in ("model", "predictions", "checkpoint", "tensorboard"):
         (path / entry).mkdir()
         (path / entry / "file.bin").write_bytes(b"old")
@@ -154,8 +154,9 @@ def test_truncate_metrics_keeps_steps_up_to_n(tmp_path):
 
 def test_summary_round_trip(tmp_path):
     run = RunFolder(tmp_path)
-    run.write_summary({"status": "completed", "best": {"step": 3}})
-    assert run.read_summary() == {"status": "completed", "best": {"step": 3}}
+    summary = Summary(status=Status.COMPLETED, best={"step": 3})
+    run.write_summary(summary)
+    assert run.read_summary() == summary
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
 
 
@@ -262,3 +263,66 @@ def test_environment():
     assert versions["torch"] == torch.__version__
     assert all(isinstance(v, str) and v for v in versions.values())
     json.dumps(info)
+
+
+# -- summary.json: the Summary type and its formats ----------------------------------------------------------
+
+FORMAT_0 = {  # as zoft wrote it before the "format" key: stopped_by in prose
+    "status": "completed", "task": "mrpc", "model": "tiny", "method": "mezo", "params": "lora", "steps": 200,
+    "planned_steps": 1000, "stopped_by": "budget of 400 forward passes", "select_metric": "validation/accuracy",
+    "best": {"step": 100, "validation/accuracy": 0.7, "test/accuracy": 0.69},
+    "final": {"step": 200, "validation/accuracy": 0.6, "test/accuracy": 0.68},
+    "majority_baseline": {"split": "test", "accuracy": 0.68, "label": 1, "share": 0.68}, "beats_majority": True,
+    "parameters": {"trainable": 10, "total": 1000, "trainable_percent": 1.0}, "passes": {"forward": 400, "backward": 0},
+    "examples_seen": 3200, "time": {"wall_seconds": 9.0, "train_seconds": 6.0, "eval_seconds": 2.0,
+                                    "seconds_per_step": 0.03},
+    "memory": {"device": "cpu", "train_peak_rss_bytes": 7e8}, "data": {"source": "glue", "sizes": {"test": 408}},
+    "head_init": None, "warnings": ["step 3: x"], "device": {"type": "cpu", "name": "x86_64", "threads": 2},
+    "versions": {"zoft": "0.1.0"}, "git_commit": "abc", "command": ["zoft", "train"], "started_at": "2026-12-01",
+}
+
+
+def test_a_format_0_summary_reads_with_its_prose_stopped_by():
+    summary = Summary.from_json(FORMAT_0)
+    assert summary.stopped_by == "max_forward_passes" and summary.status is Status.COMPLETED
+    assert summary.select_key == "validation/accuracy" and summary.passes.forward == 400
+    assert summary.parameters.trainable == 10 and summary.device.threads == 2 and summary.time.seconds_per_step == 0.03
+    minutes = Summary.from_json({**FORMAT_0, "stopped_by": "time budget of 0.0001 minutes"})
+    assert minutes.stopped_by == "max_minutes"
+    assert Summary.from_json({"status": "crashed"}).stopped_by == "steps"  # the oldest files have few keys
+
+
+def test_a_format_1_summary_round_trips_with_the_keys_of_format_0():
+    document = {"format": 1, **FORMAT_0, "stopped_by": "max_forward_passes"}
+    summary = Summary.from_json(document)
+    assert summary.to_json() == document
+    assert list(summary.to_json()) == ["format", *FORMAT_0]  # the keys in format 0's order
+    assert Summary.from_json(FORMAT_0).to_json() == document  # an old file is rewritten in the new format
+
+
+def test_the_limit_that_stopped_a_run_reads_as_format_0_wrote_it():
+    assert describe_stop("max_minutes", 10.0, None) == "time budget of 10 minutes"
+    assert describe_stop("max_minutes", 0.0001, None) == "time budget of 0.0001 minutes"
+    assert describe_stop("max_forward_passes", None, 400) == "budget of 400 forward passes"
+
+
+def test_a_summary_of_a_newer_format_or_an_unknown_stop_is_refused():
+    with pytest.raises(ZoftError, match="format 2"):
+        Summary.from_json({**FORMAT_0, "format": 2})
+    with pytest.raises(ZoftError, match="unknown stopped_by"):
+        Summary.from_json({**FORMAT_0, "stopped_by": "the moon"})
+
+
+def test_a_status_is_its_string():
+    assert Status("diverged") is Status.DIVERGED and Status.DIVERGED == "diverged"
+    assert f"{Status.COMPLETED}" == str(Status.COMPLETED) == "completed"
+    assert json.dumps(Status.INTERRUPTED) == '"interrupted"'
+    assert set(FINISHED) == {Status.COMPLETED, Status.DIVERGED} and "crashed" not in FINISHED
+
+
+def test_a_run_is_finished_once_its_summary_says_completed_or_diverged(tmp_path):
+    run = RunFolder(tmp_path)
+    assert not run.finished()
+    for status, finished in ((Status.INTERRUPTED, False), (Status.CRASHED, False), (Status.DIVERGED, True)):
+        run.write_summary(Summary(status=status))
+        assert run.finished() == finished

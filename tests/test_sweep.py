@@ -1,15 +1,18 @@
 """zoft sweep through the real CLI on the tiny BERT: the table, the heat map, best.yaml, continuing."""
 
 import csv
+import sys
 
 import pytest
 import yaml
+from PIL import Image
 
 from zoft.cli import main
 from zoft.compare import plan
 from zoft.errors import ZoftError
-from zoft.report import load_run
-from zoft.sweep import SweepResult, grid_points, parse_grid, rank
+from zoft.report.records import load_run
+from zoft.runs import Status
+from zoft.sweep import SweepResult, grid_points, parse_grid, rank, write_heat_map, write_table
 
 
 def test_parse_grid_and_points():
@@ -62,7 +65,7 @@ def test_the_sweep_writes_its_table_heat_map_and_best(swept):
     assert scores == sorted(scores, reverse=True) and len(ranked) == 2
     for row in ranked:  # each score is the best validation value of its run, never a test value
         run = load_run(out / row["run"])
-        assert float(row["validation/accuracy"]) == pytest.approx(run.summary["best"]["validation/accuracy"],
+        assert float(row["validation/accuracy"]) == pytest.approx(run.summary.best["validation/accuracy"],
                                                                   abs=5e-5)
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "validation split" in (out / "sweep.md").read_text()
@@ -87,3 +90,31 @@ def test_a_sweep_run_again_keeps_its_finished_points(swept, capsys):
     assert main(args) == 0
     after = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
     assert before == after
+
+
+def sweep_results(tmp_path) -> list[SweepResult]:
+    def result(lr: str, eps: str, status: Status, score: float | None) -> SweepResult:
+        return SweepResult(point={"lr": lr, "eps": eps}, folder=tmp_path / "runs" / f"lr={lr},eps={eps}",
+                           status=status, select_metric="validation/accuracy", score=score, best_step=3,
+                           final_score=score, steps=6)
+
+    return [result("1e-4", "1e-3", Status.COMPLETED, 0.71), result("1e-4", "1e-2", Status.COMPLETED, 0.7),
+            result("1e30", "1e-3", Status.DIVERGED, None), result("1e30", "1e-2", Status.DIVERGED, None)]
+
+
+def test_the_sweep_table_is_the_report_s_markdown_table(tmp_path):
+    write_table(sweep_results(tmp_path), tmp_path)
+    lines = (tmp_path / "sweep.md").read_text().splitlines()
+    assert lines[4:7] == ["| lr | eps | validation/accuracy | best step | final | steps | status | run |",
+                          "|:---|:---|:---|:---|:---|:---|:---|:---|",
+                          "| 1e-4 | 1e-3 | 0.7100 | 3 | 0.7100 | 6 | completed | runs/lr=1e-4,eps=1e-3 |"]
+    assert lines[-1] == "| 1e30 | 1e-2 | diverged | 3 |  | 6 | diverged | runs/lr=1e30,eps=1e-2 |"
+    assert (tmp_path / "sweep.csv").read_text().splitlines()[3].endswith(',diverged,"runs/lr=1e30,eps=1e-3"')
+
+
+def test_the_sweep_heat_map_is_drawn_without_pyplot(tmp_path):
+    path = write_heat_map(sweep_results(tmp_path), {"lr": ["1e-4", "1e30"], "eps": ["1e-3", "1e-2"]}, tmp_path)
+    assert path == tmp_path / "heatmap.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.size[0] > image.size[1] > 200
+    assert "matplotlib.pyplot" not in sys.modules  # no global figure state: nothing in zoft imports pyplot

@@ -17,7 +17,7 @@ from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.method_names import METHODS, name_of
 from zoft.report import write_report
-from zoft.runs import RunFolder
+from zoft.runs import RunFolder, Status, Summary
 from zoft.sinks import MetricSink, TensorBoardSink
 from zoft.train import Interrupted, train
 
@@ -77,7 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"zoft: interrupted; a checkpoint was saved: continue with `zoft train --out {out} --resume`",
               file=sys.stderr)
         return 130
-    return 1 if summary["status"] == "diverged" else 0
+    return 1 if summary.status == Status.DIVERGED else 0
 
 
 def extra_sinks(args: argparse.Namespace, out: Path) -> list[MetricSink]:
@@ -87,7 +87,7 @@ def extra_sinks(args: argparse.Namespace, out: Path) -> list[MetricSink]:
 
 def train_callable(args: argparse.Namespace):
     """zoft.train.train with this command's console and command line, for compare and sweep."""
-    def run(config, out: Path, *, overwrite: bool, resume: bool) -> dict[str, Any]:
+    def run(config, out: Path, *, overwrite: bool, resume: bool) -> Summary:
         return train(config, out, overwrite=overwrite, resume=resume, console=Console(quiet=args.quiet),
                      command=["zoft", *args.argv], sinks=extra_sinks(args, out))
 

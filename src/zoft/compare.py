@@ -16,7 +16,7 @@ from zoft.config import RunConfig, build_config, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.method_names import name_of
-from zoft.runs import RunFolder
+from zoft.runs import RunFolder, Summary
 
 
 def method_name(config: RunConfig) -> str:
@@ -69,7 +69,7 @@ def describe_plan(configs: dict[str, RunConfig]) -> str:
     return "---\n".join(documents) + "\n".join(summary) + ("\n" if summary else "")
 
 
-def run_all(configs: dict[str, RunConfig], out: Path, train: Callable[..., dict[str, Any]],
+def run_all(configs: dict[str, RunConfig], out: Path, train: Callable[..., Summary],
             overwrite: bool = False, console: Console | None = None) -> list[Path]:
     """Train each config into out/<method>, one after another; keep finished runs of the same config."""
     console = console or Console()
@@ -92,8 +92,7 @@ def _existing_state(folder: RunFolder, config: RunConfig, overwrite: bool) -> st
         return "stale" if folder.holds_run() else "new"
     if folder.read_config() != config:
         raise ZoftError(f"{folder.path} holds a run with another config; pass --overwrite to replace it")
-    summary = folder.path / "summary.json"
-    if summary.is_file() and folder.read_summary()["status"] in ("completed", "diverged"):
+    if folder.finished():
         return "finished"
     if (folder.path / "checkpoint").is_dir():
         return "stopped"

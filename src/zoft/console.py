@@ -8,6 +8,8 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
+from zoft.runs import Summary
+
 
 def _format_metrics(record: dict[str, Any], prefix: str) -> str:
     return ", ".join(
@@ -68,16 +70,15 @@ class Console:
     def warn(self, message: str) -> None:
         self.print(f"warning: {message}")
 
-    def close(self, summary: dict[str, Any], folder: Path) -> None:
+    def close(self, summary: Summary, folder: Path) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        best = summary["best"]
-        baseline = summary["majority_baseline"]
-        self.print(f"{summary['status']}: {summary['steps']} steps in {summary['time']['wall_seconds']:.0f} s")
+        best = summary.best
+        self.print(f"{summary.status}: {summary.steps} steps in {summary.time.wall_seconds:.0f} s")
         if best["step"] is not None:
-            self.print(f"best by {summary['select_metric']} at step {best['step']}: "
-                       f"test {_format_metrics(best, 'test/')} ({format_baseline(baseline)})")
-        if summary["beats_majority"] is False:
+            self.print(f"best by {summary.select_key} at step {best['step']}: "
+                       f"test {_format_metrics(best, 'test/')} ({format_baseline(summary.majority_baseline)})")
+        if summary.beats_majority is False:
             self.print("warning: the best checkpoint does not beat the majority-class baseline on test")
         self.print(f"run folder: {folder}")

@@ -19,6 +19,10 @@ from torch import nn
 
 from zoft.errors import ZoftError
 
+# Steps averaged for the loss at the start and at the end of a run: the divergence check compares the mean of the
+# last LOSS_WINDOW steps with that of the first, and the report shows the same windows of logged steps.
+LOSS_WINDOW = 10
+
 
 def pick_device(name: str) -> torch.device:
     """The device a config names; auto: a CUDA GPU, else Apple's MPS, else the CPU."""

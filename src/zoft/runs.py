@@ -17,8 +17,10 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import peft
 import torch
@@ -31,6 +33,147 @@ from zoft.config import RunConfig, from_dict, to_yaml
 from zoft.errors import ZoftError
 
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "model", "predictions", "checkpoint", "tensorboard")
+SUMMARY_FORMAT = 1  # summary.json's version; a document without "format" is format 0 (written before it existed)
+
+
+class Status(str, Enum):
+    """How a run ended. A str-Enum (the project supports Python 3.10, which has no StrEnum): it is written to
+    summary.json as its value and compares equal to it."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"
+    CRASHED = "crashed"
+
+    def __str__(self) -> str:  # f-strings show "completed", not "Status.COMPLETED"
+        return self.value
+
+
+FINISHED = frozenset({Status.COMPLETED, Status.DIVERGED})  # nothing left to run: a compare or sweep keeps it
+
+StoppedBy = Literal["steps", "max_minutes", "max_forward_passes"]  # the config key whose limit ended the run
+
+
+def describe_stop(stopped_by: StoppedBy, max_minutes: float | None, max_forward_passes: int | None) -> str:
+    """The limit that ended a run, for people: 'time budget of 10 minutes', 'budget of 400 forward passes'."""
+    if stopped_by == "max_minutes":
+        return f"time budget of {max_minutes:g} minutes"
+    if stopped_by == "max_forward_passes":
+        return f"budget of {max_forward_passes} forward passes"
+    return "planned steps"
+
+
+def _stopped_by(value: str | None) -> StoppedBy:
+    """Format 0 wrote the budget as prose ('time budget of 10 minutes', 'budget of 400 forward passes')."""
+    if value is None or value == "steps":
+        return "steps"
+    if value == "max_minutes" or value.startswith("time budget of "):
+        return "max_minutes"
+    if value == "max_forward_passes" or value.endswith(" forward passes"):
+        return "max_forward_passes"
+    raise ZoftError(f"summary.json: unknown stopped_by '{value}'")
+
+
+@dataclass
+class Timing:
+    wall_seconds: float | None = None
+    train_seconds: float | None = None  # training steps only
+    eval_seconds: float | None = None
+    seconds_per_step: float | None = None  # train_seconds / steps; None before the first step
+
+
+@dataclass
+class Passes:
+    forward: int | None = None  # during training steps only, evaluation excluded
+    backward: int | None = None
+
+
+@dataclass
+class ParameterCount:
+    trainable: int
+    total: int
+    trainable_percent: float
+
+
+@dataclass
+class DataInfo:
+    source: str | None = None
+    sizes: dict[str, int] = field(default_factory=dict)  # examples per split
+
+
+@dataclass
+class Device:
+    type: str
+    name: str
+    threads: int
+
+    def describe(self) -> str:
+        return f"{self.type} ({self.name}, {self.threads} thread{'' if self.threads == 1 else 's'})"
+
+
+@dataclass
+class Summary:
+    """summary.json: how a run ended and what it measured. `from_json` is the one reader of the file (the
+    only code that knows older or missing keys); a key a document lacks reads as None (or empty)."""
+
+    status: Status
+    task: str | None = None
+    model: str | None = None
+    method: str | None = None
+    params: str | None = None
+    steps: int | None = None
+    planned_steps: int | None = None
+    stopped_by: StoppedBy = "steps"
+    select_key: str | None = None  # the validation metric that chose the best checkpoint: validation/accuracy
+    best: dict[str, Any] = field(default_factory=dict)  # {"step": ..., "test/accuracy": ...}: the chosen eval
+    final: dict[str, Any] = field(default_factory=dict)  # the last evaluation, same keys
+    majority_baseline: dict[str, Any] = field(default_factory=dict)  # {"split": "test", metric: value, ...}
+    beats_majority: bool | None = None
+    parameters: ParameterCount | None = None
+    passes: Passes = field(default_factory=Passes)
+    examples_seen: int | None = None
+    time: Timing = field(default_factory=Timing)
+    memory: dict[str, Any] = field(default_factory=dict)  # measure.MemoryReport's keys: they differ by device
+    data: DataInfo = field(default_factory=DataInfo)
+    head_init: dict[str, Any] | None = None  # the linear probe's result, when the head was fitted by one
+    warnings: list[str] = field(default_factory=list)
+    device: Device | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    command: list[str] | None = None
+    started_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        document = {"format": SUMMARY_FORMAT, **asdict(self)}
+        document["status"] = Status(self.status).value
+        document["select_metric"] = document.pop("select_key")
+        # the keys in the order format 0 wrote them, so that old and new files read alike
+        return {key: document[key] for key in ("format", *_KEY_ORDER)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Summary:
+        version = doc.get("format", 0)
+        if version > SUMMARY_FORMAT:
+            raise ZoftError(f"summary.json of format {version}: written by a newer zoft than this one")
+        parameters, device = doc.get("parameters"), doc.get("device")
+        return cls(
+            status=Status(doc["status"]), task=doc.get("task"), model=doc.get("model"), method=doc.get("method"),
+            params=doc.get("params"), steps=doc.get("steps"), planned_steps=doc.get("planned_steps"),
+            stopped_by=_stopped_by(doc.get("stopped_by")), select_key=doc.get("select_metric"),
+            best=doc.get("best") or {}, final=doc.get("final") or {},
+            majority_baseline=doc.get("majority_baseline") or {}, beats_majority=doc.get("beats_majority"),
+            parameters=ParameterCount(**parameters) if parameters else None,
+            passes=Passes(**doc.get("passes", {})), examples_seen=doc.get("examples_seen"),
+            time=Timing(**doc.get("time", {})), memory=doc.get("memory") or {}, data=DataInfo(**doc.get("data", {})),
+            head_init=doc.get("head_init"), warnings=doc.get("warnings") or [],
+            device=Device(**device) if device else None, versions=doc.get("versions") or {},
+            git_commit=doc.get("git_commit"), command=doc.get("command"), started_at=doc.get("started_at"),
+        )
+
+
+_KEY_ORDER = ("status", "task", "model", "method", "params", "steps", "planned_steps", "stopped_by", "select_metric",
+              "best", "final", "majority_baseline", "beats_majority", "parameters", "passes", "examples_seen", "time",
+              "memory", "data", "head_init", "warnings", "device", "versions", "git_commit", "command", "started_at")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -121,11 +264,19 @@ class RunFolder:
         kept = [json.dumps(r) + "\n" for r in self.read_metrics() if r["step"] <= last_step]
         _write_text_atomically(self.metrics_path, "".join(kept))
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        _write_text_atomically(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
 
-    def read_summary(self) -> dict[str, Any]:
-        return json.loads((self.path / "summary.json").read_text())
+    def write_summary(self, summary: Summary) -> None:
+        _write_text_atomically(self.summary_path, json.dumps(summary.to_json(), indent=2) + "\n")
+
+    def read_summary(self) -> Summary:
+        return Summary.from_json(json.loads(self.summary_path.read_text()))
+
+    def finished(self) -> bool:
+        """A summary says the run has nothing left to do (completed or diverged)."""
+        return self.summary_path.is_file() and self.read_summary().status in FINISHED
 
     def save_model(self, model: torch.nn.Module, tokenizer: Any) -> None:
         def fill(folder: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from zoft.console import Console
 from zoft.errors import ZoftError
-from zoft.runs import RunFolder
+from zoft.runs import RunFolder, Summary
 
 
 class MetricSink(Protocol):
@@ -20,7 +20,7 @@ class MetricSink(Protocol):
         """One logged record: ``kind`` (train or eval), ``step``, and its measurements."""
         ...
 
-    def close(self, summary: dict[str, Any]) -> None:
+    def close(self, summary: Summary) -> None:
         """The run has ended (completed, diverged, interrupted or crashed); `summary` says how."""
         ...
 
@@ -34,7 +34,7 @@ class RunFolderSink:
     def log(self, record: dict[str, Any]) -> None:
         self.run.append_metrics(record)
 
-    def close(self, summary: dict[str, Any]) -> None:
+    def close(self, summary: Summary) -> None:
         self.run.write_summary(summary)
 
 
@@ -49,7 +49,7 @@ class ConsoleSink:
         if record["kind"] == "eval":
             self.console.evaluation(record, self.select_key)
 
-    def close(self, summary: dict[str, Any]) -> None:
+    def close(self, summary: Summary) -> None:
         self.console.close(summary, self.folder)
 
 
@@ -76,7 +76,7 @@ class TensorBoardSink:
         for tag, value in scalars(record):
             self.writer.add_scalar(tag, value, record["step"])
 
-    def close(self, summary: dict[str, Any]) -> None:
+    def close(self, summary: Summary) -> None:
         if self.writer is not None:
             self.writer.close()
 

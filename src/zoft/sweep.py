@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from zoft import presets
@@ -24,7 +25,9 @@ from zoft.compare import method_name
 from zoft.config import RunConfig, build_config, config_keys, load_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
-from zoft.runs import RunFolder
+from zoft.report.plots import plot_heat_map
+from zoft.report.text import markdown_table
+from zoft.runs import RunFolder, Status, Summary
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -58,7 +61,7 @@ def point_name(point: dict[str, str]) -> str:
 class SweepResult:
     point: dict[str, str]
     folder: Path
-    status: str
+    status: Status
     select_metric: str  # e.g. validation/accuracy
     score: float | None  # its best value over the run's evaluations
     best_step: int | None
@@ -67,7 +70,7 @@ class SweepResult:
 
     @property
     def ranked(self) -> bool:
-        return self.status == "completed" and self.score is not None and not math.isnan(self.score)
+        return self.status == Status.COMPLETED and self.score is not None and not math.isnan(self.score)
 
 
 def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | None = None
@@ -79,7 +82,7 @@ def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | N
 
 
 def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path,
-              train: Callable[..., dict[str, Any]], console: Console | None = None) -> list[SweepResult]:
+              train: Callable[..., Summary], console: Console | None = None) -> list[SweepResult]:
     console = console or Console()
     results = []
     for index, (point, config) in enumerate(points, 1):
@@ -105,18 +108,15 @@ def _rank_key(result: SweepResult) -> tuple[bool, float, float]:
 
 
 def _finished(folder: RunFolder, config: RunConfig) -> bool:
-    if not (folder.path / "summary.json").is_file() or folder.read_config() != config:
-        return False
-    return folder.read_summary()["status"] in ("completed", "diverged")
+    return folder.finished() and folder.read_config() == config
 
 
 def _result(point: dict[str, str], folder: RunFolder) -> SweepResult:
     summary = folder.read_summary()
-    best = summary["best"]
-    return SweepResult(point=point, folder=folder.path, status=summary["status"],
-                       select_metric=summary["select_metric"], score=best.get(summary["select_metric"]),
-                       best_step=best["step"], final_score=summary["final"].get(summary["select_metric"]),
-                       steps=summary["steps"])
+    key = summary.select_key
+    return SweepResult(point=point, folder=folder.path, status=summary.status, select_metric=key,
+                       score=summary.best.get(key), best_step=summary.best["step"],
+                       final_score=summary.final.get(key), steps=summary.steps)
 
 
 def write_table(results: list[SweepResult], out: Path) -> None:
@@ -126,12 +126,12 @@ def write_table(results: list[SweepResult], out: Path) -> None:
              os.path.relpath(r.folder, out)] for r in results]
     with (out / "sweep.csv").open("w", newline="") as file:
         csv.writer(file).writerows([header, *rows])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in rows]
+    table = markdown_table(header, [["" if cell is None else str(cell) for cell in row] for row in rows],
+                           numbers=False)
     note = (f"Scored by {select_metric} (the best evaluation of each run), the validation split carved from "
             "the training data; ties go to the higher final value (the last evaluation). The test split played "
             "no part in the ranking. A best step of 0 means training never improved on the starting model.")
-    (out / "sweep.md").write_text(f"# Sweep\n\n{note}\n\n" + "\n".join(lines) + "\n")
+    (out / "sweep.md").write_text(f"# Sweep\n\n{note}\n\n{table}\n")
 
 
 def _final(result: SweepResult) -> str:
@@ -143,12 +143,6 @@ def _score(result: SweepResult) -> str:
 
 
 def write_heat_map(results: list[SweepResult], grid: dict[str, list[str]], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     row_key, column_key = list(grid)
     select_metric = results[0].select_metric
     scores = np.full((len(grid[row_key]), len(grid[column_key])), np.nan)
@@ -157,20 +151,9 @@ def write_heat_map(results: list[SweepResult], grid: dict[str, list[str]], out: 
         i, j = grid[row_key].index(r.point[row_key]), grid[column_key].index(r.point[column_key])
         scores[i, j] = r.score if r.ranked else np.nan
         labels[i, j] = _score(r)
-    figure, axes = plt.subplots(figsize=(1.6 * len(grid[column_key]) + 2.5, 1.2 * len(grid[row_key]) + 1.8))
-    image = axes.imshow(scores, cmap="viridis", aspect="auto")
-    axes.set_xticks(range(len(grid[column_key])), grid[column_key])
-    axes.set_yticks(range(len(grid[row_key])), grid[row_key])
-    axes.set_xlabel(column_key)
-    axes.set_ylabel(row_key)
-    for (i, j), label in np.ndenumerate(labels):
-        axes.text(j, i, label, ha="center", va="center", bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0})
-    figure.colorbar(image, ax=axes, label=select_metric)
-    axes.set_title(f"{select_metric} (validation split)")
-    figure.tight_layout()
     path = out / "heatmap.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    plot_heat_map(scores, labels, (row_key, grid[row_key]), (column_key, grid[column_key]), select_metric,
+                  f"{select_metric} (validation split)", path)
     return path
 
 

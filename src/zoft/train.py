@@ -25,16 +25,26 @@ from zoft.console import Console, format_baseline
 from zoft.data.batches import BatchStream, encode, eval_batches, to_device
 from zoft.data.splits import TaskData, load_task_data
 from zoft.evaluate import evaluate_split
-from zoft.measure import ForwardCounter, Stopwatch, measure_memory, pick_device
+from zoft.measure import LOSS_WINDOW, ForwardCounter, Stopwatch, measure_memory, pick_device
 from zoft.methods import TrainingMethod, build_method
 from zoft.metrics import majority_baseline
 from zoft.models import count_parameters, input_format, load_task_model, prepare_trainable
 from zoft.pretrained import has_masked_lm_head
 from zoft.probe import init_head_by_probe
-from zoft.runs import RunFolder, environment
+from zoft.runs import (
+    DataInfo,
+    Device,
+    ParameterCount,
+    Passes,
+    RunFolder,
+    Status,
+    StoppedBy,
+    Summary,
+    Timing,
+    describe_stop,
+    environment,
+)
 from zoft.sinks import ConsoleSink, MetricSink, RunFolderSink
-
-LOSS_WINDOW = 10
 
 
 @dataclass
@@ -113,7 +123,7 @@ class Trainer:
         self.config, self.run, self.console = config, run, console
         self.extra_sinks = list(sinks)
         self.state = LoopState()
-        self.stopped_by = "steps"
+        self.stopped_by: StoppedBy = "steps"
 
     def setup(self) -> None:
         """Data, then the model (a linear-probe head is fitted on the encoded data), then the method (its
@@ -290,21 +300,21 @@ class Trainer:
             "train_seconds": self.state.train_seconds,
         }
 
-    def loop(self, stop: threading.Event) -> str:
+    def loop(self, stop: threading.Event) -> Status:
         """Run the remaining steps; returns how the run ended: completed, diverged or interrupted."""
         cfg = self.config.train
         if self.state.step == 0:
             self.log(self.evaluate())
         while self.state.step < self.total_steps:
             if stop.is_set():
-                return "interrupted"
+                return Status.INTERRUPTED
             record = self.train_step()
             self.state.track_loss(record["loss"])
             if not math.isfinite(record["loss"]) or self.state.loss_exploded(cfg.divergence_factor):
                 self.log(record)
                 self.warn(f"step {self.state.step}: the loss is {record['loss']:.4g}, diverged from "
                           f"{self.state.first_losses[0]:.4g} at the start; training stopped")
-                return "diverged"
+                return Status.DIVERGED
             if self.state.step % cfg.log_every == 0:
                 self.log(record)
             self.console.step(record)
@@ -314,55 +324,52 @@ class Trainer:
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if spent:
-                self.console.print(f"step {self.state.step}: the {spent} is spent")
+                stop_text = describe_stop(spent, cfg.max_minutes, cfg.max_forward_passes)
+                self.console.print(f"step {self.state.step}: the {stop_text} is spent")
                 self.stopped_by = spent
                 break
-        return "completed"
+        return Status.COMPLETED
 
-    def spent_budget(self) -> str | None:
+    def spent_budget(self) -> StoppedBy | None:
         """Which budget, if any, the run has used up: training minutes or forward passes."""
         cfg = self.config.train
         if cfg.max_minutes is not None and self.state.train_seconds >= 60 * cfg.max_minutes:
-            return f"time budget of {cfg.max_minutes:g} minutes"
+            return "max_minutes"
         if cfg.max_forward_passes is not None and self.state.forward_passes >= cfg.max_forward_passes:
-            return f"budget of {cfg.max_forward_passes} forward passes"
+            return "max_forward_passes"
         return None
 
     def log(self, record: dict[str, Any]) -> None:
         for sink in self.sinks:
             sink.log(record)
 
-    def summary(self, status: str, memory: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
+    def summary(self, status: Status, memory: dict[str, Any], wall_seconds: float) -> Summary:
         trainable, total = count_parameters(self.model)
         steps = self.state.step
         main = self.task.main_metric
         best_test = self.state.best_eval.get(f"test/{main}")
-        return {
-            "status": status,
-            "task": self.task.name, "model": self.config.model.model, "method": self.config.method.method,
-            "params": self.config.method.params,
-            "steps": steps, "planned_steps": self.total_steps, "stopped_by": self.stopped_by,
-            "select_metric": self.select_key,
-            "best": {"step": self.state.best_step, **_split_metrics(self.state.best_eval)},
-            "final": {"step": self.state.last_eval.get("step"), **_split_metrics(self.state.last_eval)},
-            "majority_baseline": {"split": "test", **self.baseline},
-            "beats_majority": None if best_test is None or math.isnan(self.baseline.get(main, math.nan))
+        environment = self.environment
+        return Summary(
+            status=status, task=self.task.name, model=self.config.model.model, method=self.config.method.method,
+            params=self.config.method.params, steps=steps, planned_steps=self.total_steps, stopped_by=self.stopped_by,
+            select_key=self.select_key,
+            best={"step": self.state.best_step, **_split_metrics(self.state.best_eval)},
+            final={"step": self.state.last_eval.get("step"), **_split_metrics(self.state.last_eval)},
+            majority_baseline={"split": "test", **self.baseline},
+            beats_majority=None if best_test is None or math.isnan(self.baseline.get(main, math.nan))
             else best_test > self.baseline[main],
-            "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
-            "passes": {"forward": self.state.forward_passes, "backward": self.state.backward_passes},
-            "examples_seen": self.stream.examples_seen,
-            "time": {
-                "wall_seconds": wall_seconds, "train_seconds": self.state.train_seconds,
-                "eval_seconds": self.state.eval_seconds,
-                "seconds_per_step": self.state.train_seconds / steps if steps else None,
-            },
-            "memory": memory,
-            "data": {"source": self.data.source,
-                     "sizes": {name: len(split.labels) for name, split in self.data.splits.items()}},
-            "head_init": self.head_init,
-            "warnings": self.state.warnings,
-            **self.environment,
-        }
+            parameters=ParameterCount(trainable=trainable, total=total, trainable_percent=100 * trainable / total),
+            passes=Passes(forward=self.state.forward_passes, backward=self.state.backward_passes),
+            examples_seen=self.stream.examples_seen,
+            time=Timing(wall_seconds=wall_seconds, train_seconds=self.state.train_seconds,
+                        eval_seconds=self.state.eval_seconds,
+                        seconds_per_step=self.state.train_seconds / steps if steps else None),
+            memory=memory,
+            data=DataInfo(source=self.data.source,
+                          sizes={name: len(split.labels) for name, split in self.data.splits.items()}),
+            head_init=self.head_init, warnings=self.state.warnings, device=Device(**environment["device"]),
+            versions=environment["versions"], git_commit=environment["git_commit"],
+        )
 
 
 def _split_metrics(record: dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +378,7 @@ def _split_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
           console: Console | None = None, command: list[str] | None = None,
-          sinks: Sequence[MetricSink] = ()) -> dict[str, Any]:
+          sinks: Sequence[MetricSink] = ()) -> Summary:
     """Train according to `config` into the run folder `out`; returns the summary it wrote. The records go
     to the run folder and the console, and to `sinks` too (a TensorBoardSink, say)."""
     run = RunFolder(out)
@@ -386,18 +393,17 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
     console.start(trainer.describe(), total=trainer.total_steps, done=trainer.state.step)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter() - trainer.state.train_seconds - trainer.state.eval_seconds
-    status = "crashed"
+    status = Status.CRASHED
     try:
         with measure_memory(trainer.device) as memory, stop_requests() as stop:
             status = trainer.loop(stop)
     finally:
-        if status != "crashed":
+        if status != Status.CRASHED:
             trainer.save_checkpoint()
         summary = trainer.summary(status, memory.to_dict(), time.perf_counter() - started)
-        summary["command"] = command
-        summary["started_at"] = started_at
+        summary.command, summary.started_at = command, started_at
         for sink in trainer.sinks:  # the run folder's first: its summary.json must be written whatever follows
             sink.close(summary)
-    if status == "interrupted":
+    if status == Status.INTERRUPTED:
         raise Interrupted
     return summary
