@@ -123,16 +123,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out or f"runs/sweep-{points[0][1].data.task}-{compare.method_name(points[0][1])}")
     try:
-        results = sweep.run_sweep(points, out, train_callable(args), console=Console(quiet=args.quiet))
+        results = sweep.run_sweep(points, out, train_callable(args), overwrite=args.overwrite,
+                                  console=Console(quiet=args.quiet))
     except Interrupted:
         print("zoft: interrupted; run the same command again to continue the sweep", file=sys.stderr)
         return 130
     tables = Path(args.report_dir) if args.report_dir else out
-    tables.mkdir(parents=True, exist_ok=True)
-    sweep.write_table(results, tables)
-    if len(grid) == 2:
-        sweep.write_heat_map(results, grid, tables)
-    best = sweep.write_best(results, grid, tables)
+    best = sweep.finish(results, grid, tables)
     print(f"sweep table: {tables / 'sweep.md'}")
     print(f"best settings: {best}" if best else "no grid point completed: no best settings")
     return 0
@@ -202,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="config keys and their values; the grid is their Cartesian product")
     sweep.add_argument("--out", help="sweep folder (default: runs/sweep-<task>-<method>)")
     sweep.add_argument("--report-dir", help="folder for the table, heat map and best.yaml (default: --out)")
+    sweep.add_argument("--overwrite", action="store_true", help="replace runs already in the folder")
     sweep.add_argument("--quiet", action="store_true", help="print nothing but errors and the result paths")
     sweep.add_argument("--plan", action="store_true", help=PLAN_HELP)
     sweep.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)

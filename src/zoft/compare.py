@@ -7,7 +7,6 @@ stopped continues where it stopped when run again: finished runs are kept, a sto
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ from zoft.config import RunConfig, build_config, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.method_names import name_of
-from zoft.runs import RunFolder, Summary
+from zoft.orchestrate import PlannedRun, Train, layered_config, train_each
+from zoft.runs import RunFolder
 
 
 def method_name(config: RunConfig) -> str:
@@ -48,11 +48,11 @@ def plan(methods: list[str], overrides: dict[str, Any], preset_names: list[str],
         raise ZoftError(f"--preset given for {', '.join(sorted(unused))}, which is not among the methods compared")
     configs = {}
     for name in methods:
-        config = presets.layered_config(name, overrides, by_method.get(name))
+        config = layered_config(name, overrides, by_method.get(name))
         if budget_forwards is not None:
             budget = {"max_forward_passes": budget_forwards,
                       "steps": max(1, budget_forwards // forwards_per_step(config))}
-            config = presets.layered_config(name, overrides, by_method.get(name), budget)
+            config = layered_config(name, overrides, by_method.get(name), budget)
         configs[name] = config
     return configs
 
@@ -69,32 +69,9 @@ def describe_plan(configs: dict[str, RunConfig]) -> str:
     return "---\n".join(documents) + "\n".join(summary) + ("\n" if summary else "")
 
 
-def run_all(configs: dict[str, RunConfig], out: Path, train: Callable[..., Summary],
-            overwrite: bool = False, console: Console | None = None) -> list[Path]:
+def run_all(configs: dict[str, RunConfig], out: Path, train: Train, overwrite: bool = False,
+            console: Console | None = None) -> list[Path]:
     """Train each config into out/<method>, one after another; keep finished runs of the same config."""
-    console = console or Console()
-    folders = []
-    for name, config in configs.items():
-        folder = RunFolder(out / name)
-        folders.append(folder.path)
-        state = _existing_state(folder, config, overwrite)
-        if state == "finished":
-            console.print(f"compare: {folder.path} already holds this run; keeping it")
-            continue
-        console.print(f"compare: {name} → {folder.path}")
-        train(config, folder.path, overwrite=overwrite or state == "stale", resume=state == "stopped")
-    return folders
-
-
-def _existing_state(folder: RunFolder, config: RunConfig, overwrite: bool) -> str:
-    """new, finished (same config, summary written), stopped (same config, resumable) or stale (replace)."""
-    if overwrite or not folder.holds_run():
-        return "stale" if folder.holds_run() else "new"
-    if folder.read_config() != config:
-        raise ZoftError(f"{folder.path} holds a run with another config; pass --overwrite to replace it")
-    if folder.finished():
-        return "finished"
-    if (folder.path / "checkpoint").is_dir():
-        return "stopped"
-    return "stale"
-
+    runs = [PlannedRun(name, config, RunFolder(out / name)) for name, config in configs.items()]
+    train_each(runs, train, overwrite=overwrite, console=console or Console(), command="compare")
+    return [run.folder.path for run in runs]

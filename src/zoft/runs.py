@@ -51,6 +51,7 @@ class Status(str, Enum):
 
 FINISHED = frozenset({Status.COMPLETED, Status.DIVERGED})  # nothing left to run: a compare or sweep keeps it
 
+FolderState = Literal["new", "finished", "stopped", "stale"]  # see RunFolder.state
 StoppedBy = Literal["steps", "max_minutes", "max_forward_passes"]  # the config key whose limit ended the run
 
 
@@ -217,6 +218,21 @@ class RunFolder:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    def state(self, config: RunConfig, *, overwrite: bool) -> FolderState:
+        """What a compare or sweep does with this folder for `config`: train into it (new), keep it (finished:
+        the same config and a finished summary), resume it (stopped: the same config and a checkpoint) or
+        replace it (stale: --overwrite, or the same config with neither). A run of another config is never
+        replaced without --overwrite."""
+        if not self.holds_run():
+            return "new"
+        if overwrite:
+            return "stale"
+        if self.read_config() != config:
+            raise ZoftError(f"{self.path} holds a run with another config; pass --overwrite to replace it")
+        if self.finished():
+            return "finished"
+        return "stopped" if (self.path / "checkpoint").is_dir() else "stale"
 
     def holds_run(self) -> bool:
         return (self.path / "config.yaml").exists() or self.metrics_path.exists()

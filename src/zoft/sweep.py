@@ -12,7 +12,6 @@ import csv
 import itertools
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from zoft import presets
 from zoft.compare import method_name
 from zoft.config import RunConfig, build_config, config_keys, load_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
+from zoft.orchestrate import PlannedRun, Train, layered_config, train_each
 from zoft.report.plots import plot_heat_map
 from zoft.report.text import markdown_table
-from zoft.runs import RunFolder, Status, Summary
+from zoft.runs import RunFolder, Status
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -78,21 +77,16 @@ def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | N
     """The config of every grid point: `preset` (else the packaged one for the task, model, head and method),
     then the overrides, then the point; each is checked before anything trains."""
     method = method_name(build_config(overrides={**(load_yaml(preset) if preset else {}), **overrides}))
-    return [(point, presets.layered_config(method, overrides, preset, point)) for point in grid_points(grid)]
+    return [(point, layered_config(method, overrides, preset, point)) for point in grid_points(grid)]
 
 
-def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path,
-              train: Callable[..., Summary], console: Console | None = None) -> list[SweepResult]:
-    console = console or Console()
-    results = []
-    for index, (point, config) in enumerate(points, 1):
-        folder = RunFolder(out / "runs" / point_name(point))
-        console.print(f"sweep: point {index}/{len(points)}: {point_name(point)}")
-        if not _finished(folder, config):
-            resume = (folder.path / "checkpoint").is_dir() and folder.read_config() == config
-            train(config, folder.path, overwrite=folder.holds_run() and not resume, resume=resume)
-        results.append(_result(point, folder))
-    return rank(results)
+def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path, train: Train, overwrite: bool = False,
+              console: Console | None = None) -> list[SweepResult]:
+    """Train every grid point into out/runs/<point>, one after another, and rank them on validation."""
+    runs = [PlannedRun(point_name(point), config, RunFolder(out / "runs" / point_name(point)))
+            for point, config in points]
+    train_each(runs, train, overwrite=overwrite, console=console or Console(), command="sweep")
+    return rank([_result(point, run.folder) for (point, _), run in zip(points, runs, strict=True)])
 
 
 def rank(results: list[SweepResult]) -> list[SweepResult]:
@@ -105,10 +99,6 @@ def _rank_key(result: SweepResult) -> tuple[bool, float, float]:
         return True, 0.0, 0.0
     final = result.final_score if result.final_score is not None and not math.isnan(result.final_score) else -math.inf
     return False, -result.score, -final
-
-
-def _finished(folder: RunFolder, config: RunConfig) -> bool:
-    return folder.finished() and folder.read_config() == config
 
 
 def _result(point: dict[str, str], folder: RunFolder) -> SweepResult:
@@ -175,3 +165,13 @@ def write_best(results: list[SweepResult], grid: dict[str, list[str]], out: Path
     path = out / "best.yaml"
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+def finish(results: list[SweepResult], grid: dict[str, list[str]], out: Path) -> Path | None:
+    """What a sweep leaves in `out`: sweep.md and sweep.csv, heatmap.png for a grid of two keys, and best.yaml
+    (returned; None when no point completed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(results, out)
+    if len(grid) == 2:
+        write_heat_map(results, grid, out)
+    return write_best(results, grid, out)

@@ -7,18 +7,14 @@
 - ``<task>-<model>-<method>``: what a sweep chose on validation for that task and model, picked
   automatically by `zoft compare` and `zoft sweep`.
 
-Each file's header says where its settings come from and which command runs it. :func:`layered_config` is the
-one way compare and sweep stack a preset between the defaults and the user's keys.
+Each file's header says where its settings come from and which command runs it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from zoft.config import RunConfig, build_config, load_yaml
 from zoft.errors import ZoftError
-from zoft.method_names import lookup
 
 FOLDER = Path(__file__).parent
 
@@ -59,14 +55,3 @@ def find(value: str, methods: list[str]) -> list[Path]:
                         f"{', '.join(members)})")
     return found
 
-
-def layered_config(method: str, overrides: dict[str, Any], preset: Path | None = None,
-                   extra: dict[str, Any] | None = None) -> RunConfig:
-    """A method's config: the defaults, then `preset` (else the packaged one for the task, model, head and
-    method, else none), then the user's `overrides`, then `extra` (a grid point, a budget), then the method."""
-    keys = lookup(method).keys()
-    if preset is None:
-        chosen = build_config(overrides={**overrides, **keys})
-        preset = packaged(chosen.data.task, chosen.model.model, chosen.model.head, method)
-    preset_keys = load_yaml(preset) if preset else {}
-    return build_config(overrides={**preset_keys, **overrides, **(extra or {}), **keys})
