@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from zoft.cli import main
+from zoft.train import Interrupted
 
 
 @pytest.fixture(autouse=True)
@@ -232,3 +233,20 @@ def test_overwrite_and_resume_together(capsys, trained_run):
     line = run_error(capsys, ["train", "--out", str(trained_run), "--resume", "--overwrite"])
     assert "--overwrite" in line and "--resume" in line
     assert snapshot(trained_run) == before
+
+
+@pytest.mark.parametrize(("command", "hint"), [
+    ("train", "a checkpoint was saved: continue with `zoft train --out {out} --resume`"),
+    ("compare", "run the same command again to continue the comparison"),
+    ("sweep", "run the same command again to continue the sweep"),
+])
+def test_a_stopped_command_says_how_to_continue(tmp_path, monkeypatch, capsys, command, hint):
+    def stopped(config, out, **kw):
+        raise Interrupted(Path(out))
+
+    monkeypatch.setattr("zoft.cli.train", stopped)
+    out = tmp_path / "out"
+    extra = ["--grid", "lr=1e-4"] if command == "sweep" else []
+    assert main([command, "--out", str(out), "--task", "mrpc", "--model", "minilm", "--quiet", *extra]) == 130
+    stopped_in = out if command == "train" else out / ("runs/lr=1e-4" if command == "sweep" else "lora")
+    assert capsys.readouterr().err == f"zoft: interrupted; {hint.format(out=stopped_in)}\n"

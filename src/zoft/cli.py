@@ -70,13 +70,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(to_yaml(config), end="")
         return 0
     out = Path(args.out) if args.out else default_out(config)
-    try:
-        summary = train(config, out, overwrite=args.overwrite, resume=args.resume,
-                        console=Console(quiet=args.quiet), command=["zoft", *args.argv], sinks=extra_sinks(args, out))
-    except Interrupted:
-        print(f"zoft: interrupted; a checkpoint was saved: continue with `zoft train --out {out} --resume`",
-              file=sys.stderr)
-        return 130
+    summary = train(config, out, overwrite=args.overwrite, resume=args.resume, console=Console(quiet=args.quiet),
+                    command=["zoft", *args.argv], sinks=extra_sinks(args, out))
     return 1 if summary.status == Status.DIVERGED else 0
 
 
@@ -104,12 +99,8 @@ def run_compare(args: argparse.Namespace) -> int:
         print(compare.describe_plan(configs), end="")
         return 0
     out = Path(args.out or f"runs/compare-{next(iter(configs.values())).data.task}")
-    try:
-        folders = compare.run_all(configs, out, train_callable(args), overwrite=args.overwrite,
-                                   console=Console(quiet=args.quiet))
-    except Interrupted:
-        print("zoft: interrupted; run the same command again to continue the comparison", file=sys.stderr)
-        return 130
+    folders = compare.run_all(configs, out, train_callable(args), overwrite=args.overwrite,
+                              console=Console(quiet=args.quiet))
     report = write_report(folders, Path(args.report_dir) if args.report_dir else out / "report")
     print(f"report: {report}")
     return 0
@@ -122,12 +113,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(compare.describe_plan({sweep.point_name(point): config for point, config in points}), end="")
         return 0
     out = Path(args.out or f"runs/sweep-{points[0][1].data.task}-{compare.method_name(points[0][1])}")
-    try:
-        results = sweep.run_sweep(points, out, train_callable(args), overwrite=args.overwrite,
-                                  console=Console(quiet=args.quiet))
-    except Interrupted:
-        print("zoft: interrupted; run the same command again to continue the sweep", file=sys.stderr)
-        return 130
+    results = sweep.run_sweep(points, out, train_callable(args), overwrite=args.overwrite,
+                              console=Console(quiet=args.quiet))
     tables = Path(args.report_dir) if args.report_dir else out
     best = sweep.finish(results, grid, tables)
     print(f"sweep table: {tables / 'sweep.md'}")
@@ -161,19 +148,25 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"zoft: error: {message}; see `{self.prog} --help`\n")
 
 
+def add_run_options(parser: argparse.ArgumentParser, *, quiet: str,
+                    overwrite: str = "replace runs already in the folder") -> None:
+    """The options of the commands that train (train, compare, sweep), then every config key."""
+    parser.add_argument("--overwrite", action="store_true", help=overwrite)
+    parser.add_argument("--quiet", action="store_true", help=quiet)
+    parser.add_argument("--plan", action="store_true", help=PLAN_HELP)
+    parser.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
+    add_config_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="zoft", description="Fine-tune Hugging Face models by backprop (LoRA, full) and by MeZO "
                     "(forward passes only), measure them alike, and compare them in one report.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="fine-tune one model with one method into a run folder")
     train.add_argument("--out", help="run folder (default: runs/<task>-<method>)")
-    train.add_argument("--overwrite", action="store_true", help="replace a run already in the folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    train.add_argument("--plan", action="store_true", help=PLAN_HELP)
     train.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
-    train.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
-    add_config_options(train)
+    add_run_options(train, overwrite="replace a run already in the folder", quiet="print nothing but errors")
     train.set_defaults(handler=run_train)
 
     compare = commands.add_parser("compare", help="run several methods on identical data, then write the report")
@@ -187,11 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--preset", action="append", default=[], metavar="FILE|NAME",
                          help="a method's settings: a file (e.g. a sweep's best.yaml), a packaged preset, or a family "
                               "of them (paper-kshot: the MeZO paper's settings for each method); may be repeated")
-    compare.add_argument("--plan", action="store_true", help=PLAN_HELP)
-    compare.add_argument("--overwrite", action="store_true", help="replace runs already in the folder")
-    compare.add_argument("--quiet", action="store_true", help="print nothing but errors and the report path")
-    compare.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
-    add_config_options(compare)
+    add_run_options(compare, quiet="print nothing but errors and the report path")
     compare.set_defaults(handler=run_compare)
 
     sweep = commands.add_parser("sweep", help="train a grid of settings, rank them on the validation split")
@@ -199,12 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="config keys and their values; the grid is their Cartesian product")
     sweep.add_argument("--out", help="sweep folder (default: runs/sweep-<task>-<method>)")
     sweep.add_argument("--report-dir", help="folder for the table, heat map and best.yaml (default: --out)")
-    sweep.add_argument("--overwrite", action="store_true", help="replace runs already in the folder")
-    sweep.add_argument("--quiet", action="store_true", help="print nothing but errors and the result paths")
-    sweep.add_argument("--plan", action="store_true", help=PLAN_HELP)
     sweep.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
-    sweep.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
-    add_config_options(sweep)
+    add_run_options(sweep, quiet="print nothing but errors and the result paths")
     sweep.set_defaults(handler=run_sweep)
 
     report = commands.add_parser("report", help="write the comparison report of existing run folders")
@@ -213,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--title", help="the report's title")
     report.set_defaults(handler=run_report)
     return parser
+
+
+# How to continue after a stop that saved a checkpoint, per command; {out} is the run folder that stopped.
+CONTINUE_WITH = {
+    "train": "a checkpoint was saved: continue with `zoft train --out {out} --resume`",
+    "compare": "run the same command again to continue the comparison",
+    "sweep": "run the same command again to continue the sweep",
+}
 
 
 def quiet_libraries() -> None:
@@ -236,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZoftError as error:
         print(f"zoft: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"zoft: interrupted; {CONTINUE_WITH[args.command].format(out=stop.folder)}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("zoft: stopped; a run can be continued from its last checkpoint with --resume", file=sys.stderr)
         return 130

@@ -81,6 +81,10 @@ class LoopState:
 class Interrupted(Exception):
     """Training stopped by the user; the run folder holds a checkpoint to resume from."""
 
+    def __init__(self, folder: Path) -> None:
+        super().__init__(f"interrupted; {folder} holds a checkpoint")
+        self.folder = folder
+
 
 @contextmanager
 def stop_requests() -> Iterator[threading.Event]:
@@ -405,5 +409,5 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
         for sink in trainer.sinks:  # the run folder's first: its summary.json must be written whatever follows
             sink.close(summary)
     if status == Status.INTERRUPTED:
-        raise Interrupted
+        raise Interrupted(run.path)
     return summary
