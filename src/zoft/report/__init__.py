@@ -34,12 +34,14 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = {key: f"{key}.png" for key in PLOTS}
-    for key, plot in PLOTS.items():
-        plot(runs, out / names[key])
     methods = " vs ".join(run.label for run in runs) if len(runs) <= 4 else f"{len(runs)} runs"
     title = title or f"{runs[0].task.upper()}: {methods}"
+    # The text first: its header reads the commit, which must not count the plots about to be rewritten (a
+    # report kept in git, like docs/example-report) as uncommitted changes.
     sections = [header_section(runs, title, out), findings_section(runs), setup_section(runs), comparison_section(runs),
                 seeds_section(runs), dynamics_section(runs), plots_section(names)]
+    for key, plot in PLOTS.items():
+        plot(runs, out / names[key])
     report = out / "report.md"
     report.write_text("\n\n".join(section for section in sections if section) + "\n")
     return report
