@@ -142,7 +142,7 @@ def test_truncate_metrics_keeps_steps_up_to_n(tmp_path):
     records += [{"kind": "eval", "step": 3}, {"kind": "eval", "step": 6}]
     for record in records:
         run.append_metrics(record)
-    run.truncate_metrics(3)
+    assert run.truncate_metrics(3) is False  # nothing torn
     kept = run.read_metrics()
     assert kept == [r for r in records if r["step"] <= 3]
     assert {"kind": "eval", "step": 3} in kept
@@ -150,6 +150,16 @@ def test_truncate_metrics_keeps_steps_up_to_n(tmp_path):
     run.append_metrics({"kind": "train", "step": 4})
     assert run.read_metrics()[-1] == {"kind": "train", "step": 4}
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
+
+
+def test_truncate_metrics_says_when_it_dropped_a_torn_last_line(tmp_path):
+    run = RunFolder(tmp_path)
+    run.append_metrics({"kind": "train", "step": 1})
+    with run.metrics_path.open("a") as file:
+        file.write('{"kind": "train", "st')
+    assert run.truncate_metrics(1) is True
+    assert run.metrics_path.read_text() == '{"kind": "train", "step": 1}\n'
+    assert run.truncate_metrics(1) is False  # the file it rewrote is whole
 
 
 def test_summary_round_trip(tmp_path):

@@ -3,9 +3,13 @@
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from zoft.cli import main
@@ -13,6 +17,8 @@ from zoft.train import Trainer
 
 TRAIN_FIELDS = {"step", "loss", "lr", "examples_seen", "forward_passes", "backward_passes", "train_seconds"}
 TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
+TORN_WARNING = ("metrics.jsonl: dropped a partial last line (a run killed mid-write); continuing from the checkpoint "
+                "at step 4")
 
 
 def read_jsonl(path):
@@ -98,6 +104,8 @@ def test_a_stopped_run_resumes_bit_exactly(tmp_path, tiny_run_args, monkeypatch,
         with (stopped / "metrics.jsonl").open("a") as file:
             file.write('{"kind": "train", "step": 5, "lo')
     assert main(["train", "--out", str(stopped), "--resume", "--quiet"]) == 0
+    torn_warnings = [w for w in json.loads((stopped / "summary.json").read_text())["warnings"] if "partial" in w]
+    assert torn_warnings == ([TORN_WARNING] if torn_last_line else [])
 
     assert without_timings(read_jsonl(stopped / "metrics.jsonl")) == without_timings(
         read_jsonl(straight / "metrics.jsonl")
@@ -172,3 +180,135 @@ def test_mezo_with_a_random_classifier_on_a_masked_lm_is_warned_about(tmp_path, 
                "chance (the MeZO paper's Table 5")
     assert warning in capsys.readouterr().err
     assert any(w.startswith(warning) for w in json.loads((run / "summary.json").read_text())["warnings"])
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "mezo"])
+def test_the_same_config_and_seed_give_the_same_metrics(tmp_path, tiny_run_args, method):
+    """Determinism on one machine: two runs differ only in their time fields (LoRA's dropout included)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for out in (first, second):
+        assert main(["train", "--out", str(out), "--method", method, *tiny_run_args]) == 0
+    records = without_timings(read_jsonl(first / "metrics.jsonl"))
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert records == without_timings(read_jsonl(second / "metrics.jsonl"))
+    assert_same_trainable_tensors(first, second)
+
+
+def assert_same_trainable_tensors(one, other):
+    one_params = load_file(one / "checkpoint" / "trainable.safetensors")
+    other_params = load_file(other / "checkpoint" / "trainable.safetensors")
+    assert one_params.keys() == other_params.keys()
+    assert all(torch.equal(one_params[k], other_params[k]) for k in one_params)
+
+
+# -- real signals to a real `python -m zoft train` process ------------------------------------------------
+
+# Long enough to be hit mid-run (about 15 ms a step on this machine), short enough for a test: evaluations only
+# at step 0 and at the end, a periodic checkpoint every 5 steps for the stop-at-once case.
+SIGNAL_RUN = ["--steps", "150", "--eval-every", "1000", "--checkpoint-every", "5"]
+RESUME_HINT = "a checkpoint was saved: continue with `zoft train --out {out} --resume`"
+
+
+def start_zoft(out, args, command="train"):
+    """`python -m zoft train` in its own process, stderr to a file; one thread, as the in-process runs here
+    (the one_thread fixture), so that its arithmetic is the same as theirs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stderr = (out.parent / f"{out.name}.stderr").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "zoft", command, "--out", str(out), *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=stderr)
+    stderr.close()
+    return process
+
+
+def stderr_of(out):
+    return (out.parent / f"{out.name}.stderr").read_text()
+
+
+def wait_for_step(process, out, step, timeout=60, run=None):
+    """Poll the metrics.jsonl of `run` (default: `out`) until a train record of `step` or later is there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"zoft exited early ({process.returncode}): {stderr_of(out)}"
+        metrics = (run or out) / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if any('"kind": "train"' in line and json.loads(line)["step"] >= step for line in lines[:-1]):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"no step {step} in {timeout} s: {stderr_of(out)}")
+
+
+def stop_with(signum, out, args):
+    """Start a run, let it log some steps, send `signum` once, and wait for it to exit; returns its exit code."""
+    process = start_zoft(out, args)
+    wait_for_step(process, out, 10)
+    os.kill(process.pid, signum)
+    return process.wait(timeout=60)
+
+
+@pytest.mark.parametrize("method", ["lora", "mezo"])
+def test_a_run_stopped_by_sigterm_resumes_bit_exactly(tmp_path, tiny_run_args, method):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    args = [*tiny_run_args, "--method", method, *SIGNAL_RUN]
+    if method == "lora":
+        args += ["--lora-dropout", "0.1"]  # the dropout RNG must be restored too
+    assert main(["train", "--out", str(straight), *args]) == 0
+
+    assert stop_with(signal.SIGTERM, stopped, args) == 128 + signal.SIGTERM
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 10 <= summary["steps"] < 150
+    state = torch.load(stopped / "checkpoint" / "state.pt", weights_only=True)
+    assert state["loop"]["step"] == summary["steps"]  # the checkpoint of the last whole step, not a periodic one
+    err = stderr_of(stopped)
+    assert "zoft: SIGTERM received: stopping after this step (SIGTERM again to stop at once)" in err
+    assert err.endswith(f"zoft: interrupted by SIGTERM; {RESUME_HINT.format(out=stopped)}\n")
+    if method == "lora":
+        assert yaml.safe_load((stopped / "config.yaml").read_text())["model"]["lora_dropout"] == 0.1
+
+    resumed = start_zoft(stopped, ["--resume", "--quiet"])
+    assert resumed.wait(timeout=60) == 0, stderr_of(stopped)
+    assert json.loads((stopped / "summary.json").read_text())["status"] == "completed"
+    assert without_timings(read_jsonl(stopped / "metrics.jsonl")) == without_timings(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    assert_same_trainable_tensors(straight, stopped)
+
+
+def test_sighup_stops_a_run_like_ctrl_c(tmp_path, tiny_run_args):
+    run = tmp_path / "run"
+    assert stop_with(signal.SIGHUP, run, [*tiny_run_args, "--method", "mezo", *SIGNAL_RUN]) == 128 + signal.SIGHUP
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert (run / "checkpoint" / "trainable.safetensors").is_file()
+    assert stderr_of(run).endswith(f"zoft: interrupted by SIGHUP; {RESUME_HINT.format(out=run)}\n")
+
+
+def test_a_second_signal_stops_at_once(tmp_path, tiny_run_args):
+    """Two different signals, so that the kernel cannot merge them into one: the first asks for a stop after the
+    step, the second stops there and then; no checkpoint is written, the last periodic one stays."""
+    run = tmp_path / "run"
+    process = start_zoft(run, [*tiny_run_args, "--method", "mezo", *SIGNAL_RUN])
+    wait_for_step(process, run, 10)
+    os.kill(process.pid, signal.SIGTERM)
+    os.kill(process.pid, signal.SIGHUP)
+    code = process.wait(timeout=60)
+    err = stderr_of(run)
+    # Python runs pending handlers in signal-number order: whichever came second stopped the run.
+    assert code in {128 + signal.SIGTERM, 128 + signal.SIGHUP}
+    second = signal.Signals(code - 128).name
+    assert err.endswith(f"zoft: stopped by {second}; a run can be continued from its last checkpoint with --resume\n")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "crashed" and summary["steps"] < 150
+    state = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
+    assert state["loop"]["step"] % 5 == 0 and state["loop"]["step"] <= summary["steps"]
+
+
+def test_sigterm_stops_a_comparison_which_the_same_command_continues(tmp_path, tiny_run_args):
+    out = tmp_path / "compare"
+    args = ["--methods", "mezo-lora,lora", *tiny_run_args, *SIGNAL_RUN]
+    process = start_zoft(out, args, command="compare")
+    wait_for_step(process, out, 10, run=out / "mezo-lora")
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert stderr_of(out).endswith("zoft: interrupted by SIGTERM; run the same command again to continue the "
+                                   "comparison\n")
+    assert json.loads((out / "mezo-lora" / "summary.json").read_text())["status"] == "interrupted"
+    assert not (out / "lora").exists()  # the comparison stopped, not just its first run

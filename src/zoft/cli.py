@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -156,6 +157,14 @@ def add_run_options(parser: argparse.ArgumentParser, *, quiet: str,
     parser.add_argument("--plan", action="store_true", help=PLAN_HELP)
     parser.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     add_config_options(parser)
+    parser.epilog = STOP_HELP
+
+
+STOP_HELP = ("Ctrl-C, SIGTERM (sent by SLURM, Kubernetes, timeout) and SIGHUP stop a run after the current step: "
+             "the checkpoint and summary.json (status interrupted) are written, and the command exits with 128 + the "
+             "signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); a second signal stops at once, "
+             "and the last periodic checkpoint stays. Continue with --resume (train) or the same command "
+             "(compare, sweep).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,11 +239,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zoft: error: {error}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        print(f"zoft: interrupted; {CONTINUE_WITH[args.command].format(out=stop.folder)}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("zoft: stopped; a run can be continued from its last checkpoint with --resume", file=sys.stderr)
-        return 130
+        print(f"zoft: interrupted{by_signal(stop.signum)}; {CONTINUE_WITH[args.command].format(out=stop.folder)}",
+              file=sys.stderr)
+        return exit_code(stop.signum)
+    except KeyboardInterrupt as stop:  # a second signal (StoppedAtOnce), or Ctrl-C outside the training loop
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"zoft: stopped{by_signal(signum)}; a run can be continued from its last checkpoint with --resume",
+              file=sys.stderr)
+        return exit_code(signum)
+
+
+def by_signal(signum: int) -> str:
+    """' by SIGTERM' for a signal other than Ctrl-C's, which needs no naming."""
+    return "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+
+
+def exit_code(signum: int) -> int:
+    """A shell's code for a process ended by a signal, 128 + its number: 130 for Ctrl-C, 143 for SIGTERM, 129 for
+    SIGHUP; schedulers and scripts read it as 'stopped, not failed'."""
+    return 128 + signum
 
 
 if __name__ == "__main__":

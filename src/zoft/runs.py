@@ -180,6 +180,11 @@ _KEY_ORDER = ("status", "task", "model", "method", "params", "steps", "planned_s
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL file. A process killed mid-write leaves a partial last line, which is dropped (a
     resumed run rewrites the file from its checkpoint); a line that is not JSON anywhere else is a damaged file."""
+    return read_jsonl_tail(path)[0]
+
+
+def read_jsonl_tail(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """read_jsonl's records, and whether a partial last line was dropped (resume says so)."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
@@ -188,7 +193,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if number < len(lines):
                 raise ZoftError(f"{path}: line {number} is not JSON") from None
-    return records
+            return records, True
+    return records, False
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
@@ -275,10 +281,13 @@ class RunFolder:
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
 
-    def truncate_metrics(self, last_step: int) -> None:
-        """Drop the lines written after the checkpoint a resumed run restarts from."""
-        kept = [json.dumps(r) + "\n" for r in self.read_metrics() if r["step"] <= last_step]
+    def truncate_metrics(self, last_step: int) -> bool:
+        """Drop the lines written after the checkpoint a resumed run restarts from; True when the last line was
+        partial (a run killed mid-write), for the caller to say so."""
+        records, torn = read_jsonl_tail(self.metrics_path) if self.metrics_path.exists() else ([], False)
+        kept = [json.dumps(r) + "\n" for r in records if r["step"] <= last_step]
         _write_text_atomically(self.metrics_path, "".join(kept))
+        return torn
 
     @property
     def summary_path(self) -> Path:

@@ -79,36 +79,63 @@ class LoopState:
 
 
 class Interrupted(Exception):
-    """Training stopped by the user; the run folder holds a checkpoint to resume from."""
+    """Training stopped by the user or a scheduler (Ctrl-C, SIGTERM, SIGHUP) after a whole step; the run folder
+    holds a checkpoint to resume from. `signum` is the signal that asked for the stop."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(f"interrupted; {folder} holds a checkpoint")
         self.folder = folder
+        self.signum = signum
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second stop signal: training ends where it is, and the last periodic checkpoint stays the one to resume
+    from. A KeyboardInterrupt, so that it unwinds like a second Ctrl-C always has; `signum` says which signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# Ctrl-C, and what schedulers and terminals send: SLURM, Kubernetes and `timeout` send SIGTERM, a closed
+# terminal or ssh session SIGHUP. Each is handled alike; the exit code says which it was (128 + its number).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class StopRequest(threading.Event):
+    """Set by the first stop signal; `signum` is that signal."""
+
+    signum: int = signal.SIGINT
 
 
 @contextmanager
-def stop_requests() -> Iterator[threading.Event]:
-    """Ctrl-C asks the loop to stop after the current step, so the checkpoint it saves is consistent.
+def stop_requests() -> Iterator[StopRequest]:
+    """Ctrl-C, SIGTERM or SIGHUP asks the loop to stop after the current step, so the checkpoint it saves is
+    consistent.
 
     A step cut in half (parameters perturbed, an optimiser update half applied) must never be saved;
-    a second Ctrl-C stops at once, and the last periodic checkpoint stays the one to resume from.
+    a second signal stops at once, and the last periodic checkpoint stays the one to resume from.
     """
-    stop = threading.Event()
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
 
     def request_stop(signum: int, frame: object) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signum)
+        stop.signum = signum
         stop.set()
-        print("\nzoft: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nzoft: {signal.Signals(signum).name} received: stopping after this step ({again} again to stop "
+              "at once)", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, request_stop)
+    previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def planned_steps(config: RunConfig, train_size: int) -> int:
@@ -235,7 +262,9 @@ class Trainer:
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.state = LoopState(**state["loop"])
-        self.run.truncate_metrics(self.state.step)
+        if self.run.truncate_metrics(self.state.step):
+            self.warn("metrics.jsonl: dropped a partial last line (a run killed mid-write); continuing from the "
+                      f"checkpoint at step {self.state.step}")
 
     # -- evaluation --------------------------------------------------------------------------------------
 
@@ -409,5 +438,5 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
         for sink in trainer.sinks:  # the run folder's first: its summary.json must be written whatever follows
             sink.close(summary)
     if status == Status.INTERRUPTED:
-        raise Interrupted(run.path)
+        raise Interrupted(run.path, stop.signum)
     return summary
