@@ -312,3 +312,21 @@ def test_sigterm_stops_a_comparison_which_the_same_command_continues(tmp_path, t
                                    "comparison\n")
     assert json.loads((out / "mezo-lora" / "summary.json").read_text())["status"] == "interrupted"
     assert not (out / "lora").exists()  # the comparison stopped, not just its first run
+
+
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, tiny_run_args):
+    """SIGKILL (the OOM killer, a scheduler's last word) cannot be handled: no summary, perhaps a torn last line;
+    --resume continues from the last periodic checkpoint, and the run ends as if never stopped."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = [*tiny_run_args, "--method", "mezo", *SIGNAL_RUN]
+    assert main(["train", "--out", str(straight), *args]) == 0
+    assert stop_with(signal.SIGKILL, killed, args) == -signal.SIGKILL
+    assert not (killed / "summary.json").exists()
+    assert torch.load(killed / "checkpoint" / "state.pt", weights_only=True)["loop"]["step"] % 5 == 0
+
+    resumed = start_zoft(killed, ["--resume", "--quiet"])
+    assert resumed.wait(timeout=60) == 0, stderr_of(killed)
+    assert without_timings(read_jsonl(killed / "metrics.jsonl")) == without_timings(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    assert_same_trainable_tensors(straight, killed)
