@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 from zoft import trajectory
 from zoft.cli import main
+from zoft.config import build_config
+from zoft.runs import RunFolder
 from zoft.train import Trainer
 
 
@@ -115,3 +117,26 @@ def test_a_trajectory_that_ends_before_the_checkpoint_is_not_continued(tmp_path,
     assert trajectory.read(run / "trajectory.bin").last_step == 1
     warnings = json.loads((run / "summary.json").read_text())["warnings"]
     assert any("trajectory.bin ends at step 1, before the checkpoint's step 2" in w for w in warnings)
+
+
+@pytest.fixture
+def hand_made_run(tmp_path):
+    """A MeZO run folder written by hand, no training: a config, a start and an empty trajectory."""
+    run = RunFolder(tmp_path / "run")
+    run.begin(build_config(overrides={"method": "mezo", "params": "lora", "steps": "3"}), overwrite=False)
+    run.save_start({"w": torch.ones(2, 2)})
+    return run
+
+
+def test_a_run_drawn_on_cuda_is_not_replayed_without_cuda(hand_made_run, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    trajectory.create(hand_made_run.trajectory_path, device="cuda:0")
+    assert main(["replay", str(hand_made_run.path)]) == 2
+    assert "drew its random directions on cuda:0, and this machine has no CUDA device" in capsys.readouterr().err
+
+
+def test_a_run_without_a_trajectory_is_refused(hand_made_run, capsys):
+    assert main(["replay", str(hand_made_run.path)]) == 2
+    assert capsys.readouterr().err == (f"zoft: error: {hand_made_run.path} has no trajectory.bin (a run trained "
+                                       "before zoft logged trajectories?)\n")
