@@ -74,6 +74,33 @@ def tiny_run_args(tiny_bert, real_glue) -> list[str]:
             "--batch-size", "8", "--max-length", "64", "--quiet"]
 
 
+@pytest.fixture
+def train_stopped_at(monkeypatch):
+    """train_stopped_at(step, argv): `zoft train argv` with a real Ctrl-C (SIGINT) once step `step` is done;
+    returns its exit status (130: stopped, a checkpoint saved)."""
+    import signal
+
+    from zoft.cli import main
+    from zoft.train import Trainer
+
+    original_step = Trainer.train_step
+
+    def run(step: int, argv: list[str]) -> int:
+        def interrupt_after(self):
+            record = original_step(self)
+            if record["step"] == step:
+                os.kill(os.getpid(), signal.SIGINT)
+            return record
+
+        monkeypatch.setattr(Trainer, "train_step", interrupt_after)
+        try:
+            return main(["train", *argv])
+        finally:
+            monkeypatch.setattr(Trainer, "train_step", original_step)
+
+    return run
+
+
 TINY_MLM = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 LABEL_WORDS = ("great", "terrible", "Yes", "No", "Maybe", "correct", "incorrect")
 

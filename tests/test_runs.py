@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from zoft.config import build_config
 from zoft.errors import ZoftError
@@ -26,6 +27,8 @@ def make_run(path, config) -> RunFolder:
     for entry in ("model", "predictions", "checkpoint", "tensorboard"):
         (path / entry).mkdir()
         (path / entry / "file.bin").write_bytes(b"old")
+    for entry in ("start.safetensors", "trajectory.bin"):
+        (path / entry).write_bytes(b"old")
     return run
 
 
@@ -336,3 +339,21 @@ def test_a_run_is_finished_once_its_summary_says_completed_or_diverged(tmp_path)
     for status, finished in ((Status.INTERRUPTED, False), (Status.CRASHED, False), (Status.DIVERGED, True)):
         run.write_summary(Summary(status=status))
         assert run.finished() == finished
+
+
+def test_the_start_tensors_keep_their_parameter_order(tmp_path):
+    run = RunFolder(tmp_path)
+    tensors = {"z.weight": torch.ones(2, 3), "a.bias": torch.zeros(3), "m.weight": torch.full((1,), 2.0)}
+    run.save_start(tensors)
+    loaded = run.load_start()
+    assert list(loaded) == ["z.weight", "a.bias", "m.weight"]
+    assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)
+    assert not (tmp_path / "start.safetensors.tmp").exists()
+
+
+def test_start_tensors_without_their_order_are_refused(tmp_path):
+    save_file({"w": torch.ones(1)}, tmp_path / "start.safetensors")
+    with pytest.raises(ZoftError, match="no parameter order"):
+        RunFolder(tmp_path).load_start()
+    with pytest.raises(ZoftError, match=r"has no start\.safetensors"):
+        RunFolder(tmp_path / "none").load_start()

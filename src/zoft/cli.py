@@ -12,7 +12,7 @@ from typing import Any
 
 import transformers
 
-from zoft import compare, presets, sweep
+from zoft import compare, presets, replay, sweep
 from zoft.config import RunConfig, build_config, config_keys, load_yaml, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
@@ -123,6 +123,14 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_replay(args: argparse.Namespace) -> int:
+    result = replay.replay(args.run, to_step=args.to, out=args.out)
+    for warning in result.warnings:
+        print(f"zoft: warning: {warning}", file=sys.stderr)
+    print(f"step {result.step}: {result.path}")
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
     folders = []
     for path in map(Path, args.runs):
@@ -206,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report", help="folder for report.md and its plots (default: report)")
     report.add_argument("--title", help="the report's title")
     report.set_defaults(handler=run_report)
+
+    replay = commands.add_parser("replay", help="rebuild a MeZO run's trainable tensors at a step from its seed "
+                                 "trajectory, without a forward pass")
+    replay.add_argument("run", metavar="RUN", help="a MeZO run folder (with start.safetensors and trajectory.bin)")
+    replay.add_argument("--to", type=int, metavar="STEP", help="the step to rebuild (default: the last logged)")
+    replay.add_argument("--out", help="safetensors file to write (default: RUN/replay-STEP.safetensors)")
+    replay.set_defaults(handler=run_replay)
     return parser
 
 

@@ -7,6 +7,8 @@
     predictions/      test and validation predictions of that checkpoint
     checkpoint/       the latest resumable training state
     tensorboard/      with --tensorboard: the same records as TensorBoard events
+    start.safetensors MeZO (SPSA): the trainable tensors at step 0, the starting point of the trajectory
+    trajectory.bin    MeZO (SPSA): each step's seeds, projected gradients and lr (zoft replay rebuilds from them)
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ import peft
 import torch
 import transformers
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from zoft import __version__
 from zoft.config import RunConfig, from_dict, to_yaml
 from zoft.errors import ZoftError
 
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "model", "predictions", "checkpoint", "tensorboard")
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "model", "predictions", "checkpoint", "tensorboard",
+               "start.safetensors", "trajectory.bin")
+# start.safetensors' metadata key for the tensors' order: the parameter order, which the optimiser's slices
+# and buckets follow (safetensors itself keeps no order).
+START_ORDER_KEY = "zoft_parameter_order"
 SUMMARY_FORMAT = 1  # summary.json's version; a document without "format" is format 0 (written before it existed)
 
 
@@ -328,6 +335,32 @@ class RunFolder:
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         folder = self.path / "checkpoint"
         return load_file(folder / "trainable.safetensors"), torch.load(folder / "state.pt", weights_only=True)
+
+
+    @property
+    def trajectory_path(self) -> Path:
+        return self.path / "trajectory.bin"
+
+    @property
+    def start_path(self) -> Path:
+        return self.path / "start.safetensors"
+
+    def save_start(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The trainable tensors before the first step, in their parameter order."""
+        tmp = self.start_path.with_name(self.start_path.name + ".tmp")
+        save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, tmp,
+                  metadata={START_ORDER_KEY: json.dumps(list(tensors))})
+        os.replace(tmp, self.start_path)
+
+    def load_start(self) -> dict[str, torch.Tensor]:
+        """start.safetensors, in the parameter order it was saved in."""
+        if not self.start_path.is_file():
+            raise ZoftError(f"{self.path} has no start.safetensors")
+        with safe_open(self.start_path, framework="pt") as file:
+            order = json.loads((file.metadata() or {}).get(START_ORDER_KEY, "null"))
+            if order is None:
+                raise ZoftError(f"{self.start_path}: no parameter order in its metadata")
+            return {name: file.get_tensor(name) for name in order}
 
 
 def git_commit() -> str | None:

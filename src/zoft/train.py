@@ -20,13 +20,14 @@ from typing import Any
 import torch
 from transformers import set_seed
 
+from zoft import trajectory
 from zoft.config import RunConfig
 from zoft.console import Console, format_baseline
 from zoft.data.batches import BatchStream, encode, eval_batches, to_device
 from zoft.data.splits import TaskData, load_task_data
 from zoft.evaluate import evaluate_split
 from zoft.measure import LOSS_WINDOW, ForwardCounter, Stopwatch, measure_memory, pick_device
-from zoft.methods import TrainingMethod, build_method
+from zoft.methods import TrainingMethod, build_method, trajectory_refusal
 from zoft.metrics import majority_baseline
 from zoft.models import count_parameters, input_format, load_task_model, prepare_trainable
 from zoft.pretrained import has_masked_lm_head
@@ -200,8 +201,11 @@ class Trainer:
         config = self.config
         self.stream = BatchStream(self.encoded["train"], self.tokenizer, config.train.batch_size, config.train.seed,
                                   group_by_length=config.train.group_by_length)
+        # Only runs whose steps a trajectory holds log one; `self.trajectory` is set once the run folder is ready.
+        self.trajectory: Path | None = None
+        log_update = self.log_update if trajectory_refusal(config.method) is None else None
         self.method: TrainingMethod = build_method(self.model, config.method, self.total_steps, config.train.seed,
-                                                   draw_batches=self.draw_batches)
+                                                   draw_batches=self.draw_batches, log_update=log_update)
 
     def mezo_without_prompt(self) -> bool:
         model = self.config.model
@@ -265,6 +269,34 @@ class Trainer:
         if self.run.truncate_metrics(self.state.step):
             self.warn("metrics.jsonl: dropped a partial last line (a run killed mid-write); continuing from the "
                       f"checkpoint at step {self.state.step}")
+        self.resume_trajectory()
+
+    # -- the seed trajectory (MeZO's SPSA: see zoft.trajectory) -----------------------------------------------
+
+    def begin_trajectory(self) -> None:
+        """A fresh run: its starting point and an empty trajectory."""
+        if trajectory_refusal(self.config.method) is None:
+            self.run.save_start(self._trainable_tensors())
+            trajectory.create(self.run.trajectory_path, device=str(self.device))
+            self.trajectory = self.run.trajectory_path
+
+    def resume_trajectory(self) -> None:
+        """A resumed run: the trajectory cut back to the checkpoint's step, then continued. A run folder from
+        before trajectories, or one whose trajectory ends before its checkpoint, logs none (with a warning)."""
+        path = self.run.trajectory_path
+        if trajectory_refusal(self.config.method) is not None or not path.is_file():
+            return
+        kept = trajectory.truncate(path, self.state.step)
+        if kept < self.state.step:
+            self.warn(f"{path.name} ends at step {kept}, before the checkpoint's step {self.state.step}: it is not "
+                      f"continued (zoft replay rebuilds steps up to {kept})")
+            return
+        self.trajectory = path
+
+    def log_update(self, lr: float, seeds: Sequence[int], projected_grads: Sequence[float]) -> None:
+        if self.trajectory is not None:  # called inside the step, before the loop counts it
+            trajectory.append(self.trajectory, trajectory.StepRecord(self.state.step + 1, lr, tuple(seeds),
+                                                                     tuple(projected_grads)))
 
     # -- evaluation --------------------------------------------------------------------------------------
 
@@ -423,6 +455,7 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
         trainer.restore_checkpoint()
     else:
         run.begin(config, overwrite=overwrite)
+        trainer.begin_trajectory()
     console.start(trainer.describe(), total=trainer.total_steps, done=trainer.state.step)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter() - trainer.state.train_seconds - trainer.state.eval_seconds

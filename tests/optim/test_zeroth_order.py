@@ -574,3 +574,46 @@ def test_the_record_is_the_loss_and_the_two_point_means() -> None:
                               "projected_grad": stats.projected_grad}
     # The very float the method used to log by recomputing it.
     assert stats.record()["loss"] == (stats.loss_plus + stats.loss_minus) / 2
+
+
+# 9. A step is rebuilt from its seeds and projected gradients alone (zoft replay).
+
+
+@pytest.mark.parametrize("cache_z", [False, True], ids=["regenerated-z", "cached-z"])
+def test_replay_rebuilds_the_steps_bit_for_bit_without_a_forward(cache_z: bool) -> None:
+    """Momentum, weight decay (two groups), n-SPSA growing per step, several buckets, a changing lr."""
+    model = tiny_mlp()
+    start = snapshot(list(model.parameters()))
+    inputs, labels = separable_data()
+    optimizer = ZerothOrderSGD(decay_param_groups(model.named_parameters(), weight_decay=0.1), lr=1e-2,
+                               momentum=0.5, n_perturbations=lambda step: 1 + step % 3, max_chunk_numel=10,
+                               cache_z=cache_z, seed=4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    logged = []
+    for _ in range(4):
+        lr = optimizer.param_groups[0]["lr"]
+        stats = optimizer.step(classification_loss(model, inputs, labels))
+        logged.append((lr, stats.seeds, stats.projected_grads))
+        scheduler.step()
+    assert [len(seeds) for _, seeds, _ in logged] == [1, 2, 3, 1]
+
+    rebuilt = tiny_mlp()
+    with torch.no_grad():
+        for param, value in zip(rebuilt.parameters(), start, strict=True):
+            param.copy_(value)
+    replayer = ZerothOrderSGD(decay_param_groups(rebuilt.named_parameters(), weight_decay=0.1), lr=1e-2,
+                              momentum=0.5, max_chunk_numel=10, seed=99)
+    for lr, seeds, grads in logged:
+        for group in replayer.param_groups:
+            group["lr"] = lr
+        replayer.replay(seeds, grads)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), rebuilt.parameters(), strict=True))
+    assert replayer.steps_taken == 4
+    trained, replayed = optimizer.state_dict()["state"], replayer.state_dict()["state"]
+    assert all(torch.equal(trained[k]["momentum_buffer"], replayed[k]["momentum_buffer"]) for k in trained)
+
+
+def test_replay_needs_one_projected_gradient_per_seed() -> None:
+    optimizer = ZerothOrderSGD(tiny_mlp().parameters())
+    with pytest.raises(ValueError, match="one projected gradient per seed"):
+        optimizer.replay([1, 2], [0.5])

@@ -11,14 +11,15 @@ from torch import nn
 from zoft.config import MethodConfig
 from zoft.methods.backprop import Backprop
 from zoft.methods.common import DrawBatches, TrainingMethod
-from zoft.methods.zeroth_order import ZerothOrder
+from zoft.methods.zeroth_order import UpdateLog, ZerothOrder, trajectory_refusal
 
-__all__ = ["DrawBatches", "TrainingMethod", "build_method"]
+__all__ = ["DrawBatches", "TrainingMethod", "UpdateLog", "build_method", "trajectory_refusal"]
 
 
 def build_method(model: nn.Module, cfg: MethodConfig, total_steps: int, seed: int,
-                 draw_batches: DrawBatches | None = None) -> TrainingMethod:
-    """The method `cfg` names; `draw_batches` serves those that need a large batch now and then (MeZO-SVRG)."""
+                 draw_batches: DrawBatches | None = None, log_update: UpdateLog | None = None) -> TrainingMethod:
+    """The method `cfg` names; `draw_batches` serves those that need a large batch now and then (MeZO-SVRG),
+    `log_update` is told of each MeZO update (see zeroth_order.trajectory_refusal for the runs it suits)."""
     if cfg.method == "mezo":
-        return ZerothOrder(model, cfg, total_steps, seed, draw_batches)
+        return ZerothOrder(model, cfg, total_steps, seed, draw_batches, log_update)
     return Backprop(model, cfg, total_steps)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -31,6 +31,23 @@ from zoft.models import head_linear
 from zoft.optim import LinearSchedule, NonFiniteLossError, ZerothOrderSGD, ZerothOrderSVRG, decay_param_groups
 
 Closure = Callable[[], torch.Tensor]
+# log_update(lr, seeds, projected_grads): told of every update MeZO's SPSA applied, for the run's trajectory.
+UpdateLog = Callable[[float, Sequence[int], Sequence[float]], None]
+
+
+def trajectory_refusal(cfg: MethodConfig) -> str | None:
+    """Why a run of `cfg` has no seed trajectory (and `zoft replay` cannot rebuild it), or None when it has.
+
+    Only MeZO's SPSA steps are a function of their seeds, projected gradients and lr alone: an SVRG step
+    also moves by the snapshot's full-batch estimate, and an exact head by a backpropagated gradient."""
+    if cfg.method != "mezo":
+        return f"method {cfg.method} trains by backprop: its steps are not a function of seeds"
+    if cfg.zo_estimator != "spsa":
+        return (f"zo_estimator={cfg.zo_estimator} also steps by its snapshots' full-batch estimates, which a "
+                "trajectory of seeds and projected gradients does not hold")
+    if cfg.head_grad == "exact":
+        return "head_grad=exact trains the head by gradients, which a trajectory of seeds does not hold"
+    return None
 
 
 def build_zo_optimizer(groups: list[dict], cfg: MethodConfig, total_steps: int,
@@ -130,8 +147,9 @@ class ExactHead:
 
 class ZerothOrder(OptimizerState):
     def __init__(self, model: nn.Module, cfg: MethodConfig, total_steps: int, seed: int,
-                 draw_batches: DrawBatches | None = None) -> None:
+                 draw_batches: DrawBatches | None = None, log_update: UpdateLog | None = None) -> None:
         self.model = model
+        self.log_update = log_update
         self.exact_head = ExactHead(model, cfg.head_lr) if cfg.head_grad == "exact" else None
         named = [(name, p) for name, p in trainable_named_parameters(model)
                  if self.exact_head is None or not self.exact_head.owns(p)]
@@ -163,6 +181,8 @@ class ZerothOrder(OptimizerState):
             # The optimiser restored the parameters; the loop sees the non-finite loss and stops the run.
             return {"loss": math.nan, "loss_plus": error.loss_plus, "loss_minus": error.loss_minus, "lr": lr,
                     "backward_passes": 0}
+        if self.log_update is not None:
+            self.log_update(lr, stats.seeds, stats.projected_grads)
         self.scheduler.step()
         head = {"head_loss": self.exact_head.step(micro_batches, weights)} if self.exact_head else {}
         return {**stats.record(), "lr": lr, **head, "backward_passes": 0}

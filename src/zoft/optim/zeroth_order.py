@@ -20,7 +20,7 @@ models, data or configs. The machinery (seeds, z, two-point losses, the fused up
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -461,6 +461,11 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
         return [(plus - minus) / (2 * self.eps) for plus, minus in measurements]
 
 
+def _no_forward() -> float:
+    """The closure of a replayed step: its losses are known already, only its passes over z are wanted."""
+    return 0.0
+
+
 def _step_stats(
     measurements: list[tuple[float, float]], grads: list[float], directions: list[_Direction], forward_passes: int
 ) -> ZOStepStats:
@@ -500,7 +505,9 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
     the bucket's size, dtype and device drawn from a ``torch.Generator`` on that device seeded with the
     seed, split in order into the slices' shapes. This bounds the transient memory of a pass to
     ``max_chunk_numel`` elements, and moves each bucket with one draw and one ``foreach`` call. A step is
-    a pure function of the parameters, the closure and the seeds: the global RNG is never touched.
+    a pure function of the parameters, the closure and the seeds: the global RNG is never touched. Given
+    the step's projected gradients, the closure is not needed either: :meth:`replay` repeats the step
+    without a forward pass, to the bit.
 
     Args:
         params: parameters or param groups. Groups may set ``lr``, ``weight_decay`` and ``momentum``; LR
@@ -573,6 +580,27 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         self._update(slices, directions, grads)
         self.steps_taken += 1
         return _step_stats(measurements, grads, directions, forward_passes=2 * len(directions))
+
+    @torch.no_grad()
+    def replay(self, seeds: Sequence[int], projected_grads: Sequence[float]) -> None:
+        """Apply a step that :meth:`step` took, from its ``seeds`` and ``projected_grads`` (its stats'),
+        at the groups' current ``lr``, without a closure: no forward pass.
+
+        It runs step's own passes in step's order (``+eps*z``, ``-2*eps*z``, the restores and the fused
+        update) with the losses left out, because the parameters after a step carry the rounding of those
+        passes, not only the update: from the same parameters and momentum buffers, on the same device,
+        the result is the very tensors step left, to the bit. A run's trainable tensors are therefore a
+        function of its starting point and its steps' seeds, projected gradients and learning rates.
+        """
+        if len(seeds) != len(projected_grads) or not seeds:
+            raise ValueError(f"a step has one projected gradient per seed, at least one: got {len(seeds)} seeds "
+                             f"and {len(projected_grads)} projected gradients")
+        slices = self._trainable_slices()
+        buckets = _buckets(slices, self.max_chunk_numel)
+        directions = [_Direction(seed, buckets, self._normal_source, self.cache_z) for seed in seeds]
+        self._measure(_no_forward, directions, restore_last=False)
+        self._update(slices, directions, list(projected_grads))
+        self.steps_taken += 1
 
     def _buffers(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         if group["momentum"] == 0:
