@@ -165,3 +165,20 @@ def test_a_glue_field_past_the_csv_modules_limit_names_the_line(tmp_path):
                + "\tb\tentailment\n").encode()
     with pytest.raises(ZoftError, match=r"train\.tsv line 3: field larger than field limit"):
         read_glue_folder(get_task("rte"), glue_folder(tmp_path, "rte", content))
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"", "no column 'sentence1' in the header; it has none"),
+                                                  (b"index\tsentence1\xff\n", "not UTF-8 text")],
+                         ids=["empty", "not-utf8"])
+def test_an_empty_or_non_utf8_glue_file_is_one_line(tmp_path, content, message):
+    with pytest.raises(ZoftError, match=rf"train\.tsv:? {message}"):
+        read_glue_folder(get_task("rte"), glue_folder(tmp_path, "rte", content))
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize(("content", "message"), [(b"", "holds no examples"), (b"\xfftext,label\n", "not UTF-8 text")],
+                         ids=["empty", "not-utf8"])
+def test_an_empty_or_non_utf8_custom_file_is_one_line(tmp_path, suffix, content, message):
+    train, test = custom_files(tmp_path, suffix, content, content)
+    with pytest.raises(ZoftError, match=rf"train{suffix}:? {message}"):
+        read_files(train, test, ["text"], "label")
