@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from zoft.errors import ZoftError
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_GLUE = Path(os.environ.get("GLUE_DIR", REPO / "../shared/glue_data")).resolve()
 FIXTURE_GLUE = REPO / "tests" / "fixtures" / "glue"
@@ -154,3 +156,18 @@ def bert_tiny_mlm() -> Path:
     from zoft.pretrained import offline_model_folder
 
     return offline_model_folder("bert-tiny-mlm")
+
+
+def _parses_or_one_line_error(read) -> None:
+    """Call `read`; a ZoftError in one line is a fine answer for a bad input, any other exception fails."""
+    try:
+        read()
+    except ZoftError as error:
+        message = str(error)
+        assert message and "\n" not in message.strip(), message
+
+
+@pytest.fixture(scope="session")
+def parses_or_one_line_error():
+    """For the fuzz tests (tests/data/test_fuzz_readers.py, tests/test_fuzz_config.py)."""
+    return _parses_or_one_line_error

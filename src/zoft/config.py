@@ -33,7 +33,7 @@ import yaml
 
 from zoft.data.tasks import MAX_LENGTH, TaskSpec, get_task
 from zoft.data.templates import task_template
-from zoft.errors import ZoftError
+from zoft.errors import ZoftError, first_line
 from zoft.method_names import config_aliases
 from zoft.pretrained import has_masked_lm_head
 
@@ -433,7 +433,7 @@ METHOD_ALIASES = config_aliases()
 def expand_method_alias(overrides: dict[str, Any]) -> dict[str, Any]:
     """method=mezo-lora means method=mezo params=lora (an explicit params still wins)."""
     for key in ("method", "method.method"):
-        if overrides.get(key) in METHOD_ALIASES:
+        if isinstance(overrides.get(key), str) and overrides[key] in METHOD_ALIASES:  # a YAML list is no alias
             method, params = METHOD_ALIASES[overrides[key]]
             return {**overrides, key: method, "params": overrides.get("params", params)}
     return overrides
@@ -479,9 +479,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ZoftError(f"config file {path} does not exist")
     try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ZoftError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ZoftError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        document = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: a date like 2001-13-45, an int of 5000 digits
+        raise ZoftError(f"{path}: not valid YAML ({first_line(error)})") from None
+    except RecursionError:
+        raise ZoftError(f"{path}: not valid YAML (nested too deeply)") from None
     return flatten_yaml(document, str(path))
 
 

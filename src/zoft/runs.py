@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -28,12 +30,12 @@ import peft
 import torch
 import transformers
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from zoft import __version__
+from zoft import __version__, trajectory
 from zoft.config import RunConfig, from_dict, to_yaml
-from zoft.errors import ZoftError
+from zoft.errors import ZoftError, first_line
 
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "model", "predictions", "checkpoint", "tensorboard",
                "start.safetensors", "trajectory.bin")
@@ -204,24 +206,93 @@ def read_jsonl_tail(path: Path) -> tuple[list[dict[str, Any]], bool]:
     return records, False
 
 
+# What a failed write raises: safetensors reports a full disk as a SafetensorError, not as an OSError.
+WRITE_ERRORS: tuple[type[Exception], ...] = (OSError, SafetensorError)
+
+
+@contextmanager
+def _writing(path: Path, errors: tuple[type[Exception], ...] = WRITE_ERRORS) -> Iterator[None]:
+    """A failed write (a full disk, a quota, a folder gone read-only) becomes one line naming the file and the
+    space left, not a traceback from deep inside safetensors or torch. `errors`: what the writer raises for a
+    failed write."""
+    try:
+        yield
+    except ZoftError:
+        raise  # already names its file
+    except errors as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
+        raise ZoftError(f"could not write {path}: {reason}{_free_space(path)}") from error
+
+
+def _free_space(path: Path) -> str:
+    folder = next((p for p in path.parents if p.is_dir()), Path("."))
+    try:
+        return f" ({shutil.disk_usage(folder).free / 1e6:.0f} MB free there)"
+    except OSError:
+        return ""
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    done = 0
+    while done < len(data):  # os.write may write less than it is given
+        done += os.write(descriptor, data[done:])
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file to disk, or make the renames in a folder durable (without that, a power loss can undo a
+    rename after the old file is gone)."""
+    if path.is_dir() and os.name != "posix":  # Windows cannot open a folder; NTFS journals renames itself
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file a library wrote into `folder` (safetensors, torch.save and save_pretrained do not)."""
+    for path in sorted(folder.rglob("*"), reverse=True):  # files before the folders that hold them
+        _fsync(path)
+    _fsync(folder)
+
+
 def _write_text_atomically(path: Path, text: str) -> None:
+    """Write to a temporary name, flush it to disk, then rename: `path` holds the old text or the new, never a
+    part of either, even after a full disk or a power loss."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with _writing(path):
+        try:
+            with tmp.open("w") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write leaves no half-written .tmp taking the space
+        _fsync(path.parent)
 
 
 def _replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
-    """Fill a fresh folder, then swap it in, so that `target` is never left half written."""
+    """Fill a fresh folder, flush it to disk, then swap it in, so that `target` is never left half written: a
+    failure while filling (a full disk) leaves the previous `target` as it was and removes the partial copy."""
     tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    fill(tmp)
     old = target.with_name(target.name + ".old")
-    if target.exists():
+    with _writing(target):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            fill(tmp)
+            _fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync(target.parent)
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class RunFolder:
@@ -282,8 +353,22 @@ class RunFolder:
         return from_dict(yaml.safe_load(path.read_text()) or {})
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        """Add one line, flushed to disk. A write that fails part way (a full disk) is cut back off, so the file
+        keeps every earlier line and no partial one; unbuffered, so no buffer retries the write at close."""
+        data = (json.dumps(record) + "\n").encode()
+        with _writing(self.metrics_path):
+            descriptor = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                end = os.lseek(descriptor, 0, os.SEEK_END)
+                try:
+                    _write_all(descriptor, data)
+                    os.fsync(descriptor)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(descriptor, end)
+                    raise
+            finally:
+                os.close(descriptor)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
@@ -326,9 +411,14 @@ class RunFolder:
 
     def save_checkpoint(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         def fill(folder: Path) -> None:
-            save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()},
-                      folder / "trainable.safetensors")
-            torch.save(state, folder / "state.pt")
+            # each file named in an error as it will be called, not by its temporary folder
+            with _writing(self.path / "checkpoint" / "trainable.safetensors"):
+                save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()},
+                          folder / "trainable.safetensors")
+            # torch.save reports a full disk as a RuntimeError ("unexpected pos ..."), and nothing else it can
+            # raise writing a dict of tensors and numbers is other than a failed write
+            with _writing(self.path / "checkpoint" / "state.pt", errors=(*WRITE_ERRORS, RuntimeError)):
+                torch.save(state, folder / "state.pt")
 
         _replace_dir(self.path / "checkpoint", fill)
 
@@ -348,9 +438,21 @@ class RunFolder:
     def save_start(self, tensors: dict[str, torch.Tensor]) -> None:
         """The trainable tensors before the first step, in their parameter order."""
         tmp = self.start_path.with_name(self.start_path.name + ".tmp")
-        save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, tmp,
-                  metadata={START_ORDER_KEY: json.dumps(list(tensors))})
-        os.replace(tmp, self.start_path)
+        with _writing(self.start_path):
+            try:
+                save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, tmp,
+                          metadata={START_ORDER_KEY: json.dumps(list(tensors))})
+                _fsync(tmp)
+                os.replace(tmp, self.start_path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync(self.path)
+
+    def append_trajectory(self, record: trajectory.StepRecord) -> None:
+        """One step of the seed trajectory; a failed write (a full disk) is one line naming the file, and the
+        partial record it may leave is dropped on resume like a torn metrics line."""
+        with _writing(self.trajectory_path):
+            trajectory.append(self.trajectory_path, record)
 
     def load_start(self) -> dict[str, torch.Tensor]:
         """start.safetensors, in the parameter order it was saved in."""

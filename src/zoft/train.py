@@ -5,6 +5,7 @@ Methods differ only in their `step`; everything measured here is measured the sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -295,8 +296,8 @@ class Trainer:
 
     def log_update(self, lr: float, seeds: Sequence[int], projected_grads: Sequence[float]) -> None:
         if self.trajectory is not None:  # called inside the step, before the loop counts it
-            trajectory.append(self.trajectory, trajectory.StepRecord(self.state.step + 1, lr, tuple(seeds),
-                                                                     tuple(projected_grads)))
+            self.run.append_trajectory(trajectory.StepRecord(self.state.step + 1, lr, tuple(seeds),
+                                                             tuple(projected_grads)))
 
     # -- evaluation --------------------------------------------------------------------------------------
 
@@ -441,6 +442,18 @@ def _split_metrics(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if "/" in key}
 
 
+def _close_sinks(sinks: Sequence[MetricSink], summary: Summary) -> None:
+    """Hand each sink the summary; the run folder's first, so summary.json is written whatever follows. After
+    a crash (a full disk, say) writing the summary is only an attempt: its own failure, likely on the same
+    disk, must not replace the error that crashed the run, which is the one the user needs to see."""
+    for sink in sinks:
+        if summary.status != Status.CRASHED:
+            sink.close(summary)
+            continue
+        with contextlib.suppress(Exception):
+            sink.close(summary)
+
+
 def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
           console: Console | None = None, command: list[str] | None = None,
           sinks: Sequence[MetricSink] = ()) -> Summary:
@@ -462,14 +475,13 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
     status = Status.CRASHED
     try:
         with measure_memory(trainer.device) as memory, stop_requests() as stop:
-            status = trainer.loop(stop)
+            ended = trainer.loop(stop)
+        trainer.save_checkpoint()
+        status = ended  # only once the last checkpoint is on disk: a failed save (a full disk) is a crash
     finally:
-        if status != Status.CRASHED:
-            trainer.save_checkpoint()
         summary = trainer.summary(status, memory.to_dict(), time.perf_counter() - started)
         summary.command, summary.started_at = command, started_at
-        for sink in trainer.sinks:  # the run folder's first: its summary.json must be written whatever follows
-            sink.close(summary)
+        _close_sinks(trainer.sinks, summary)
     if status == Status.INTERRUPTED:
         raise Interrupted(run.path, stop.signum)
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def _read_glue_file(task: TaskSpec, path: Path) -> Examples:
     # utf-8-sig drops the byte-order mark that starts MRPC's files; QUOTE_NONE keeps bare quotes as text.
     with _utf8(path) as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        examples = _parse_rows(task, path, _numbered(rows))
+        examples = _parse_rows(task, path, _numbered(rows, path))
     if not examples:
         raise ZoftError(f"{path} holds no examples")
     return examples
@@ -83,8 +84,17 @@ def _utf8(path: Path) -> Iterator[TextIO]:
         raise ZoftError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
-def _numbered(rows: Any) -> Iterator[tuple[int, list[str]]]:
-    for row in rows:
+def _numbered(rows: Any, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The rows of a csv reader with their line numbers; what the csv module refuses (a field past its size
+    limit) is a one-line error naming the line."""
+    iterator = iter(rows)
+    while True:
+        try:
+            row = next(iterator)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ZoftError(f"{path} line {rows.line_num}: {error}") from None
         yield rows.line_num, row
 
 
@@ -229,16 +239,16 @@ def _read_records(path: Path, text_columns: Sequence[str] | None, label_column: 
 
 def _csv_rows(path: Path, delimiter: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
     with _utf8(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        columns = [cell.strip() for cell in next(reader, [])]
+        numbered = _numbered(csv.reader(handle, delimiter=delimiter), path)
+        columns = [cell.strip() for cell in next(numbered, (0, []))[1]]
         rows = []
-        for row in reader:
+        for line, row in numbered:
             if not row:
                 continue  # a blank line holds no example
             if len(row) != len(columns):
-                raise ZoftError(f"{path} line {reader.line_num}: expected {len(columns)} columns "
+                raise ZoftError(f"{path} line {line}: expected {len(columns)} columns "
                                 f"({', '.join(columns)}), found {len(row)}")
-            rows.append((reader.line_num, dict(zip(columns, row, strict=True))))
+            rows.append((line, dict(zip(columns, row, strict=True))))
     return rows, columns
 
 
@@ -252,6 +262,10 @@ def _json_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]
                 row = json.loads(text)
             except json.JSONDecodeError as error:
                 raise ZoftError(f"{path} line {line}: not valid JSON ({error.msg})") from None
+            except ValueError as error:  # an integer of more digits than Python converts (4300)
+                raise ZoftError(f"{path} line {line}: not valid JSON here ({first_line(error)})") from None
+            except RecursionError:
+                raise ZoftError(f"{path} line {line}: not valid JSON here (nested too deeply)") from None
             if not isinstance(row, dict):
                 raise ZoftError(f"{path} line {line}: expected a JSON object, got {type(row).__name__}")
             rows.append((line, row))
@@ -268,8 +282,10 @@ def _label_text(path: Path, line: int, value: Any) -> str:
     """A class name: strings as written, integers (also 1.0) as digits; fractional numbers are refused."""
     if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
         raise ZoftError(f"{path} line {line}: label {value!r} is not a class name")
-    if isinstance(value, (int, float)):
-        number = float(value)
+    if isinstance(value, int):
+        return str(value)  # exactly, however large (float() of a 400-digit integer overflows)
+    if isinstance(value, float):
+        number = value
     else:
         value = str(value).strip()
         try:
@@ -278,14 +294,15 @@ def _label_text(path: Path, line: int, value: Any) -> str:
             if not value:
                 raise ZoftError(f"{path} line {line}: empty label") from None
             return value
-    if not number.is_integer():
+    if not number.is_integer():  # also inf and nan
         raise ZoftError(f"{path} line {line}: label {value!r} is not a class name; "
                         f"task=custom supports classification only")
     return str(int(number))
 
 
 def _sorted_labels(labels: set[str]) -> list[str]:
-    if all(label.lstrip("-").isdigit() for label in labels):
+    # ASCII digits only: str.isdigit() also holds for "²", which int() refuses
+    if all(re.fullmatch(r"-?[0-9]+", label) for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)
 
