@@ -204,7 +204,8 @@ class Trainer:
                                   group_by_length=config.train.group_by_length)
         # Only runs whose steps a trajectory holds log one; `self.trajectory` is set once the run folder is ready.
         self.trajectory: Path | None = None
-        log_update = self.log_update if trajectory_refusal(config.method) is None else None
+        self.logs_trajectory = trajectory_refusal(config.method) is None
+        log_update = self.log_update if self.logs_trajectory else None
         self.method: TrainingMethod = build_method(self.model, config.method, self.total_steps, config.train.seed,
                                                    draw_batches=self.draw_batches, log_update=log_update)
 
@@ -276,7 +277,7 @@ class Trainer:
 
     def begin_trajectory(self) -> None:
         """A fresh run: its starting point and an empty trajectory."""
-        if trajectory_refusal(self.config.method) is None:
+        if self.logs_trajectory:
             self.run.save_start(self._trainable_tensors())
             trajectory.create(self.run.trajectory_path, device=str(self.device))
             self.trajectory = self.run.trajectory_path
@@ -285,7 +286,7 @@ class Trainer:
         """A resumed run: the trajectory cut back to the checkpoint's step, then continued. A run folder from
         before trajectories, or one whose trajectory ends before its checkpoint, logs none (with a warning)."""
         path = self.run.trajectory_path
-        if trajectory_refusal(self.config.method) is not None or not path.is_file():
+        if not self.logs_trajectory or not path.is_file():
             return
         kept = trajectory.truncate(path, self.state.step)
         if kept < self.state.step:
