@@ -8,6 +8,7 @@ Real signals to a real process (SIGTERM, SIGKILL) are tested in tests/test_train
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ class Straight:
     """One case's run, never stopped, and its trainable tensors before the first step."""
 
     args: list[str]
-    folder: object
+    folder: Path
     start: dict[str, torch.Tensor]
     case: Case
 
