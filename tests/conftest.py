@@ -11,10 +11,11 @@ REAL_GLUE = Path(os.environ.get("GLUE_DIR", REPO / "../shared/glue_data")).resol
 FIXTURE_GLUE = REPO / "tests" / "fixtures" / "glue"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Tiny models run faster on one thread than on two contended ones (this machine may be busy);
-    the end-to-end tests run `zoft` in a subprocess, which keeps the machine's threads."""
+    the end-to-end tests run `zoft` in a subprocess, which keeps the machine's threads. For the session, so
+    that runs in module-scoped fixtures (set up before any function's fixture) compute as the tests' own do."""
     import torch
 
     threads = torch.get_num_threads()
@@ -68,12 +69,13 @@ def tiny_bert(tmp_path_factory, minilm_path) -> Path:
     return folder
 
 
-@pytest.fixture
-def tiny_run_args(tiny_bert, real_glue) -> list[str]:
-    """Command-line options for a short, fast run of the tiny BERT on a small slice of real MRPC."""
-    return ["--model", str(tiny_bert), "--data-dir", str(real_glue), "--task", "mrpc", "--train-limit", "64",
+@pytest.fixture(scope="session")
+def tiny_run_args(tiny_bert, real_glue) -> tuple[str, ...]:
+    """Command-line options for a short, fast run of the tiny BERT on a small slice of real MRPC (a tuple: one
+    for the session, which no test can change for the next; module-scoped fixtures train with it too)."""
+    return ("--model", str(tiny_bert), "--data-dir", str(real_glue), "--task", "mrpc", "--train-limit", "64",
             "--validation-fraction", "0.02", "--steps", "6", "--eval-every", "3", "--log-every", "1",
-            "--batch-size", "8", "--max-length", "64", "--quiet"]
+            "--batch-size", "8", "--max-length", "64", "--quiet")
 
 
 @pytest.fixture

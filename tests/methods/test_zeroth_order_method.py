@@ -2,8 +2,6 @@
 and its estimator side (large batches, records) on a tiny random classifier."""
 
 import json
-import os
-import signal
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +12,6 @@ from zoft.cli import main
 from zoft.config import MethodConfig
 from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer
 from zoft.optim import LinearSchedule, ZerothOrderSGD, ZerothOrderSVRG
-from zoft.train import Trainer
 
 TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
 
@@ -63,31 +60,6 @@ def test_the_perturbation_schedule_sets_the_forwards_per_step(tmp_path, tiny_run
                  *tiny_run_args]) == 0
     # N grows linearly from 1 to 3 over the 6 steps: 1, 1, 2, 2, 3, 3 directions, 2 forwards each.
     assert [r["forward_passes"] for r in train_records(run)] == [2, 4, 8, 12, 18, 24]
-
-
-def test_a_stopped_svrg_run_with_a_schedule_resumes_bit_exactly(tmp_path, tiny_run_args, monkeypatch):
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    args = [*tiny_run_args, "--method", "mezo", "--zo-estimator", "svrg", "--svrg-every", "3", "--svrg-batches", "2",
-            "--n-perturbations-final", "2", "--checkpoint-every", "0"]
-    assert main(["train", "--out", str(straight), *args]) == 0
-
-    original_step = Trainer.train_step
-
-    def press_ctrl_c_at_step_5(self):  # between snapshots: the resumed steps need θ̄, g and the step count
-        record = original_step(self)
-        if record["step"] == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        return record
-
-    monkeypatch.setattr(Trainer, "train_step", press_ctrl_c_at_step_5)
-    assert main(["train", "--out", str(stopped), *args]) == 130
-    monkeypatch.setattr(Trainer, "train_step", original_step)
-    assert main(["train", "--out", str(stopped), "--resume", "--quiet"]) == 0
-
-    assert without_timings(train_records(stopped)) == without_timings(train_records(straight))
-    straight_params = load_file(straight / "checkpoint" / "trainable.safetensors")
-    stopped_params = load_file(stopped / "checkpoint" / "trainable.safetensors")
-    assert all(torch.equal(straight_params[k], stopped_params[k]) for k in straight_params)
 
 
 @pytest.mark.parametrize(
