@@ -1,5 +1,6 @@
-"""End to end on real weights: `zoft compare` of prompt-based LoRA and MeZO (LoRA) on the packaged masked LM
-(bert-tiny-mlm) and real SST-2, both learning above their zero-shot start, then the saved model reloaded."""
+"""End to end on real weights: the installed `zoft compare` of prompt-based LoRA and MeZO (LoRA) on the packaged
+masked LM (bert-tiny-mlm) and real SST-2, both learning above their zero-shot start, then the saved model
+reloaded."""
 
 import json
 import os
@@ -21,6 +22,8 @@ from zoft.runs import RunFolder
 
 pytestmark = pytest.mark.e2e
 
+ZOFT = Path(sys.executable).parent / "zoft"  # the console script pip installed, not `python -m zoft`
+
 # Test-sized budgets (the documented study runs far longer: docs/results.md): 64 examples a class, batch 64.
 SHARED = {"k_shot": 64, "seed": 13, "batch_size": 64, "checkpoint_every": 0}
 METHODS = {
@@ -32,13 +35,14 @@ METHODS = {
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory, real_glue) -> Path:
+    assert ZOFT.is_file(), f"no console script at {ZOFT}: install zoft (pip install -e .)"
     folder = tmp_path_factory.mktemp("compare")
     presets = []
     for name, keys in METHODS.items():
         presets += ["--preset", str(folder / f"{name}.yaml")]
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(keys))
     shared = [item for key, value in SHARED.items() for item in (f"--{key.replace('_', '-')}", str(value))]
-    command = [sys.executable, "-m", "zoft", "compare", "--task", "sst2", "--model", "bert-tiny-mlm", "--data-dir",
+    command = [str(ZOFT), "compare", "--task", "sst2", "--model", "bert-tiny-mlm", "--data-dir",
                str(real_glue), "--out", str(folder / "runs"), "--methods", ",".join(METHODS), *presets, *shared,
                "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

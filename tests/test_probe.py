@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from zoft.cli import main
 from zoft.probe import L2_GRID, fit_logistic, fit_ridge, score
@@ -45,17 +46,26 @@ def test_the_probe_sets_the_head_before_training(tmp_path, tiny_run_args):
     assert step0["validation/accuracy"] == pytest.approx(head_init["validation_score"], abs=1e-6)
 
 
-def test_exact_head_gradient_trains_the_head_apart_from_the_zeroth_order_estimate(tmp_path, tiny_run_args):
+def test_exact_head_gradient_trains_the_head_apart_from_the_zeroth_order_estimate(tmp_path, learning_run_args,
+                                                                                   assert_trained):
+    """Through the CLI: the head's AdamW state and its moves, the ZO groups without it. That its update is AdamW
+    on the perturbed forwards' mean features, and that head_lr 0 freezes it, is worked out in
+    tests/methods/test_zeroth_order_method.py."""
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--method", "mezo", "--pooling", "mean", "--head-grad", "exact",
-                 "--head-lr", "0.01", "--checkpoint-every", "3", *tiny_run_args]) == 0
+                 "--head-lr", "0.01", "--checkpoint-every", "3", *learning_run_args]) == 0
     records = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
     assert all("head_loss" in r for r in records)
-    assert records[-1]["head_loss"] < records[0]["head_loss"]
     assert all(r["backward_passes"] == 0 and r["forward_passes"] == 2 * r["step"] for r in records)
+    assert_trained(run)  # best step 3 (measured), adapters off zero
     state = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
     zo_params = [p for group in state["method"]["optimizer"]["param_groups"] for p in group["params"]]
+    trainable = load_file(run / "checkpoint" / "trainable.safetensors")
+    assert {"head.weight", "head.bias"} < trainable.keys()
+    assert len(zo_params) == len(trainable) - 2 and all("lora_" in name for name in trainable if "head" not in name)
     head_state = state["method"]["head_optimizer"]["state"]
     assert len(head_state) == 2  # the head's weight and bias, moved by AdamW
     assert all(int(s["step"]) == 6 for s in head_state.values())
-    assert len(zo_params) > 0
+    # the head of model/ (step 3, the best) is not the head at step 6: it moved (by ZO it would not: not in its groups)
+    best_head = load_file(run / "model" / "head.safetensors")
+    assert not torch.equal(best_head["weight"], trainable["head.weight"])

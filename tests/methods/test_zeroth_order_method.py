@@ -1,6 +1,7 @@
 """Method mezo with MeZO-SVRG and n-SPSA schedules: through the real CLI on a tiny BERT and a slice of MRPC,
 and its estimator side (large batches, records) on a tiny random classifier."""
 
+import copy
 import json
 from types import SimpleNamespace
 
@@ -176,3 +177,53 @@ def test_build_zo_optimizer_follows_the_estimator_and_the_schedule() -> None:
     assert isinstance(svrg, ZerothOrderSVRG) and svrg.q == 7 and svrg.param_groups[0]["lr_full"] == 0.5
     spsa = build_zo_optimizer(groups, zo_config(n_perturbations=1, n_perturbations_final=4), 10, seed=0)
     assert isinstance(spsa, ZerothOrderSGD) and spsa.n_perturbations == LinearSchedule(1, 4, 10)
+
+
+# The exact head (head_grad=exact): the classifier trained by AdamW on the features of the perturbed forwards.
+
+
+def test_the_exact_head_is_left_out_of_the_zeroth_order_groups(tiny_classifier) -> None:
+    method = ZerothOrder(tiny_classifier, zo_config(head_grad="exact"), total_steps=1, seed=0)
+    zo_params = [p for group in method.optimizer.param_groups for p in group["params"]]
+    head = list(tiny_classifier.classifier.parameters())
+    assert len(zo_params) == len(list(tiny_classifier.parameters())) - len(head) == len({id(p) for p in zo_params})
+    assert not any(p is h for p in zo_params for h in head)
+
+
+def test_one_exact_head_step_is_adamw_on_the_mean_of_the_perturbed_features(tiny_classifier, make_batch) -> None:
+    """The update, worked out here independently: cross-entropy of the head at the mean of the features that
+    the forwards at +eps*z and -eps*z fed it, one AdamW step at head_lr; the encoder moves by the ZO estimate."""
+    batch = make_batch(8, 0)
+    head = tiny_classifier.classifier
+    start = copy.deepcopy(head)
+    encoder_before = {name: p.detach().clone() for name, p in tiny_classifier.bert.named_parameters()}
+    seen: list[torch.Tensor] = []
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    method = ZerothOrder(tiny_classifier, zo_config(head_grad="exact", head_lr=0.01, eps=1e-2), total_steps=1,
+                         seed=0)
+    record = method.step([batch])
+
+    # the forwards at +eps*z and -eps*z, then the head's own training forward, on their mean
+    assert len(seen) == 3
+    mean = (seen[0] + seen[1]) / 2
+    torch.testing.assert_close(seen[2], mean, rtol=0, atol=1e-7)
+    assert not torch.allclose(seen[0], mean, atol=1e-4)  # the features at +eps*z alone would be another update
+    expected = copy.deepcopy(start)
+    adamw = torch.optim.AdamW(expected.parameters(), lr=0.01, weight_decay=0.0)
+    loss = torch.nn.functional.cross_entropy(expected(mean), batch["labels"])
+    loss.backward()
+    adamw.step()
+    assert record["head_loss"] == pytest.approx(float(loss.detach()), rel=1e-6)
+    torch.testing.assert_close(head.weight, expected.weight, rtol=0, atol=1e-7)
+    torch.testing.assert_close(head.bias, expected.bias, rtol=0, atol=1e-7)
+    assert not torch.equal(head.weight, start.weight)
+    assert any(not torch.equal(encoder_before[name], p) for name, p in tiny_classifier.bert.named_parameters())
+
+
+def test_an_exact_head_at_lr_0_stays_bit_for_bit(tiny_classifier, make_batch) -> None:
+    head = tiny_classifier.classifier
+    start = copy.deepcopy(head)
+    method = ZerothOrder(tiny_classifier, zo_config(head_grad="exact", head_lr=0.0), total_steps=2, seed=0)
+    for step in range(2):
+        method.step([make_batch(8, step)])
+    assert torch.equal(head.weight, start.weight) and torch.equal(head.bias, start.bias)
