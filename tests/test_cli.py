@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from report.fixture_runs import section, table_rows, write_run
 from zoft.cli import main
 from zoft.train import Interrupted
 
@@ -250,3 +251,30 @@ def test_a_stopped_command_says_how_to_continue(tmp_path, monkeypatch, capsys, c
     assert main([command, "--out", str(out), "--task", "mrpc", "--model", "minilm", "--quiet", *extra]) == 130
     stopped_in = out if command == "train" else out / ("runs/lr=1e-4" if command == "sweep" else "lora")
     assert capsys.readouterr().err == f"zoft: interrupted; {hint.format(out=stopped_in)}\n"
+
+
+# -- zoft report -------------------------------------------------------------------------------------------
+
+
+def test_report_skips_report_folders_and_takes_its_title(tmp_path, capsys):
+    """Synthetic run folders (tests/report/fixture_runs.py); a shell glob over a compare folder takes in its
+    report folder too, which the command skips."""
+    runs = [write_run(tmp_path / "compare" / method, method=method) for method in ("lora", "mezo")]
+    old_report = tmp_path / "compare" / "report"
+    old_report.mkdir()
+    (old_report / "report.md").write_text("# an earlier report\n")
+    out = tmp_path / "out"
+    assert main(["report", *map(str, runs), str(old_report), "--out", str(out), "--title", "Six steps, two ways"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"report: skipping {old_report}, a report rather than a run\n"
+    assert captured.out == f"report: {out / 'report.md'}\n"
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Six steps, two ways\n")
+    assert [row["Run"] for row in table_rows(section(report, "Runs"))] == ["LoRA", "MeZO (LoRA)"]
+
+
+def test_report_without_a_title_names_the_task_and_runs_and_writes_to_report(capsys):
+    run = write_run(Path("runs") / "lora", method="lora")  # the working folder is this test's tmp_path
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out == f"report: {Path('report') / 'report.md'}\n"
+    assert (Path("report") / "report.md").read_text().startswith("# MRPC: LoRA\n")

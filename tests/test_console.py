@@ -1,8 +1,10 @@
 """What a person watching a run sees: plain lines off a terminal, a progress bar on one, nothing with quiet."""
 
 import io
+from pathlib import Path
 
 from zoft.console import Console, format_baseline
+from zoft.runs import Status, Summary, Timing
 
 STEP = {"kind": "train", "loss": 0.6931, "lr": 1e-4, "train_seconds": 12.4}
 
@@ -51,3 +53,22 @@ def test_the_baseline_is_the_majority_class_or_for_regression_the_mean():
     majority = {"share": 0.68, "accuracy": 0.68, "f1": 0.81}
     assert format_baseline(majority) == "majority class: accuracy 0.6800, f1 0.8100"
     assert format_baseline({"mean": 2.5, "mse": 1.25}) == "constant mean 2.5000: mse 1.2500"
+
+
+def test_the_end_of_a_run_warns_when_its_best_does_not_beat_the_majority_class():
+    def closing_lines(beats_majority):
+        console, stream = plain()
+        summary = Summary(status=Status.COMPLETED, steps=6, select_key="validation/accuracy",
+                          best={"step": 3, "test/accuracy": 0.6838}, majority_baseline={"share": 0.6838,
+                                                                                        "accuracy": 0.6838},
+                          beats_majority=beats_majority, time=Timing(wall_seconds=4.2))
+        console.close(summary, Path("runs/mrpc-lora"))
+        return stream.getvalue().splitlines()
+
+    warning = "warning: the best checkpoint does not beat the majority-class baseline on test"
+    assert closing_lines(False) == [
+        "completed: 6 steps in 4 s",
+        "best by validation/accuracy at step 3: test accuracy 0.6838 (majority class: accuracy 0.6838)",
+        warning, "run folder: runs/mrpc-lora"]
+    assert warning not in closing_lines(True)
+    assert warning not in closing_lines(None)  # no test score (regression's baseline has no correlation)

@@ -75,3 +75,14 @@ def test_cli_trains_and_saves_a_pooled_lora_model_that_reloads(tmp_path, learnin
 def test_separate_pair_encoding_needs_a_pooled_head(tmp_path, tiny_run_args, capsys):
     assert main(["train", "--out", str(tmp_path / "run"), "--pair-encoding", "separate", *tiny_run_args]) == 2
     assert "needs pooling cls or mean" in capsys.readouterr().err
+
+
+def test_cls_pooling_reads_the_first_token_state(tiny_bert, tokenizer):
+    model = pooled(tiny_bert, pooling="cls", separate=False)
+    batch = tokenizer(["the cat sat on the mat", "rain"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model.backbone(**batch).last_hidden_state
+        features = model.features(**batch)
+        mean = pooled(tiny_bert, pooling="mean", separate=False).features(**batch)
+    torch.testing.assert_close(features, states[:, 0])
+    assert not torch.allclose(features, mean)

@@ -7,12 +7,14 @@ import psutil
 import pytest
 import torch
 
+from zoft.errors import ZoftError
 from zoft.measure import (
     ForwardCounter,
     MemoryReport,
     PeakRSS,
     Stopwatch,
     measure_memory,
+    pick_device,
     process_peak_rss,
     release_freed_memory,
 )
@@ -139,3 +141,28 @@ def test_stopwatch_counts_a_section_that_raises():
         time.sleep(0.01)
         raise KeyError
     assert stopwatch.seconds >= 0.01
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch):
+    """A machine without CUDA or MPS, whatever this one has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_auto_picks_cuda_then_mps_then_the_cpu(no_accelerator, monkeypatch):
+    assert pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_a_device_that_is_not_one_or_not_there_is_a_one_line_error(no_accelerator):
+    with pytest.raises(ZoftError, match=r"^config key 'device': 'gpu0' is not a device \(auto, cpu, cuda, cuda:N, "
+                                        r"mps\)$"):
+        pick_device("gpu0")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ZoftError, match=f"^device '{name}' requested but torch sees no CUDA GPU$"):
+            pick_device(name)

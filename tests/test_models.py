@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+from transformers import PretrainedConfig
 
 from zoft.config import ModelConfig
 from zoft.errors import ZoftError
 from zoft.models import (
     add_lora,
     count_parameters,
+    head_linear,
     linear_module_names,
     load_model,
     prepare_trainable,
@@ -182,3 +184,33 @@ def test_prepare_mezo_classifier(tiny):
     prepared = prepare_trainable(model, cfg, "mezo", "classifier")
     assert trainable_names(prepared) == {"classifier.weight", "classifier.bias"}
     assert count_parameters(prepared)[0] == 32 * 2 + 2
+
+
+class UnknownConfig(PretrainedConfig):
+    model_type = "zoftnet"  # a model type PEFT has no default LoRA target modules for
+
+
+class UnknownModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = UnknownConfig()
+        self.encoder = torch.nn.Linear(4, 4)
+        self.out = torch.nn.Linear(4, 2)
+
+
+def test_a_model_type_without_default_lora_targets_asks_for_them_and_lists_its_linear_layers():
+    with pytest.raises(ZoftError) as error:
+        add_lora(UnknownModel(), ModelConfig(model="x"))
+    assert str(error.value) == ("PEFT has no default LoRA target modules for model type 'zoftnet'; set target_modules "
+                                "(linear layers of this model: encoder, out)")
+
+
+def test_head_linear_finds_the_logits_layer_or_says_what_it_looked_for(tiny):
+    model, _, cfg = tiny
+    assert head_linear(model) is model.classifier
+    assert head_linear(add_lora(model, cfg)).weight.requires_grad  # PEFT's trained copy, not the original module
+    unknown = UnknownModel()
+    unknown.num_labels = 2
+    with pytest.raises(ZoftError, match=r"^cannot find the classification head of UnknownModel: no linear layer named "
+                                        r"head, classifier or score with 2 outputs$"):
+        head_linear(unknown)

@@ -1,13 +1,28 @@
 """Where a model's files are, what its config.json says (no weights loaded), and the offline aliases."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaForMaskedLM
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
 
 from zoft.errors import ZoftError
-from zoft.pretrained import OFFLINE_MODELS, has_masked_lm_head, offline_model_folder, resolve_model_path
+from zoft.pretrained import (
+    OFFLINE_MODELS,
+    has_masked_lm_head,
+    load_pretrained,
+    offline_model_folder,
+    resolve_model_path,
+)
 
 TINY = {"vocab_size": 99, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 32, "max_position_embeddings": 40}
@@ -73,3 +88,16 @@ def test_saved_models_and_the_offline_aliases_are_read_right(tmp_path):
     assert not has_masked_lm_head(str(tmp_path / "encoder"))
     assert has_masked_lm_head("bert-tiny-mlm") and not has_masked_lm_head("minilm")
     assert set(OFFLINE_MODELS) == {"minilm", "bert-tiny-mlm"}
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos(tmp_path, tiny_bert):
+    """Decoder-only models ship without a pad token: zoft pads with EOS and tells the model so."""
+    shutil.copytree(tiny_bert, tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"
+    tokenizer.save_pretrained(tmp_path / "model")
+    model, loaded = load_pretrained(AutoModelForSequenceClassification, str(tmp_path / "model"), num_labels=2)
+    assert loaded.pad_token == "[SEP]" and loaded.pad_token_id == loaded.eos_token_id
+    assert model.config.pad_token_id == loaded.eos_token_id
+    batch = loaded(["a longer first sentence", "short"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 2)

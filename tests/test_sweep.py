@@ -12,7 +12,16 @@ from zoft.compare import plan
 from zoft.errors import ZoftError
 from zoft.report.records import load_run
 from zoft.runs import Status
-from zoft.sweep import SweepResult, grid_points, parse_grid, rank, write_heat_map, write_table
+from zoft.sweep import (
+    SweepResult,
+    finish,
+    grid_points,
+    parse_grid,
+    point_name,
+    rank,
+    write_heat_map,
+    write_table,
+)
 
 
 def test_parse_grid_and_points():
@@ -118,3 +127,30 @@ def test_the_sweep_heat_map_is_drawn_without_pyplot(tmp_path):
     with Image.open(path) as image:
         assert image.size[0] > image.size[1] > 200
     assert "matplotlib.pyplot" not in sys.modules  # no global figure state: nothing in zoft imports pyplot
+
+
+def test_a_sweep_with_no_completed_point_writes_its_table_to_report_dir_and_no_best(tmp_path, tiny_bert, real_glue,
+                                                                                    capsys):
+    out, tables = tmp_path / "sweep", tmp_path / "tables"
+    assert main(["sweep", "--out", str(out), "--report-dir", str(tables), "--model", str(tiny_bert), "--data-dir",
+                 str(real_glue), "--task", "mrpc", "--train-limit", "64", "--validation-fraction", "0.02", "--steps",
+                 "2", "--eval-every", "2", "--batch-size", "8", "--max-length", "64", "--quiet", "--method",
+                 "mezo-lora", "--grid", "lr=1e30"]) == 0
+    assert capsys.readouterr().out == f"sweep table: {tables / 'sweep.md'}\nno grid point completed: no best settings\n"
+    rows = list(csv.DictReader((tables / "sweep.csv").open()))
+    assert [(row["lr"], row["status"]) for row in rows] == [("1e30", "diverged")]
+    assert sorted(p.name for p in tables.iterdir()) == ["sweep.csv", "sweep.md"]  # one key: no heat map
+    assert sorted(p.name for p in out.iterdir()) == ["runs"]
+
+
+@pytest.mark.parametrize("keys", [1, 2, 3])
+def test_only_a_grid_of_two_keys_gets_a_heat_map(tmp_path, keys):
+    names = ["lr", "eps", "batch_size"][:keys]
+    values = {"lr": ["1e-4", "1e30"], "eps": ["1e-3"], "batch_size": ["8"]}
+    grid = {name: values[name] for name in names}
+    results = [SweepResult(point=point, folder=tmp_path / "runs" / point_name(point), status=Status.DIVERGED,
+                           select_metric="validation/accuracy", score=None, best_step=None, final_score=None, steps=1)
+               for point in grid_points(grid)]
+    assert finish(results, grid, tmp_path / "out") is None
+    assert (tmp_path / "out" / "heatmap.png").is_file() == (keys == 2)
+    assert (tmp_path / "out" / "sweep.md").is_file()

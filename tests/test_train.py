@@ -13,6 +13,9 @@ import yaml
 from safetensors.torch import load_file
 
 from zoft.cli import main
+from zoft.config import build_config
+from zoft.evaluate import evaluate_split
+from zoft.train import Trainer, planned_steps
 
 TRAIN_FIELDS = {"step", "loss", "lr", "examples_seen", "forward_passes", "backward_passes", "train_seconds"}
 TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
@@ -329,3 +332,115 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, learni
     assert_same_trainable_tensors(straight, killed)
     assert_trained(killed)
     assert_same_model(straight, killed)
+
+
+
+
+# -- what ends a run: budgets, an exploding loss, a crash; what chooses the best checkpoint ------------------
+
+
+def test_a_run_stops_at_the_step_that_spends_its_forward_pass_budget(tmp_path, tiny_run_args, capsys):
+    """MeZO makes 2 forward passes a step: a budget of 7 is spent at step 4 (8 passes), before the 6 planned;
+    the stop is evaluated, and --quiet prints nothing at all."""
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--method", "mezo", "--max-forward-passes", "7", *tiny_run_args]) == 0
+    assert capsys.readouterr() == ("", "")
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 3, 4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["stopped_by"]) == ("completed", "max_forward_passes")
+    assert (summary["steps"], summary["planned_steps"], summary["passes"]["forward"]) == (4, 6, 8)
+    assert summary["final"]["step"] == 4
+
+
+def scripted_losses(monkeypatch, loss_at):
+    """The loop sees loss_at(step) as each step's loss (the model still trains): divergence by loss needs more
+    steps than a tiny run's loss would ever explode in."""
+    original_step = Trainer.train_step
+
+    def step_with_scripted_loss(self):
+        record = original_step(self)
+        return {**record, "loss": loss_at(record["step"])}
+
+    monkeypatch.setattr(Trainer, "train_step", step_with_scripted_loss)
+
+
+# Steps 1-20 at loss 1, then 9: the mean of the last 10 steps (LOSS_WINDOW) is 1 + 0.8 k at step 20 + k, exactly 5
+# (the default divergence_factor times the first 10 steps' mean) at step 25, above it from step 26.
+EXPLODING = ["--steps", "30", "--eval-every", "1000", "--method", "lora"]
+
+
+def test_a_loss_that_explodes_past_the_divergence_factor_stops_the_run(tmp_path, tiny_run_args, monkeypatch):
+    scripted_losses(monkeypatch, lambda step: 1.0 if step <= 20 else 9.0)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_run_args, *EXPLODING]) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("diverged", 26)
+    assert "step 26: the loss is 9, diverged from 1 at the start; training stopped" in summary["warnings"]
+    last = read_jsonl(run / "metrics.jsonl")[-1]  # the step that diverged is logged
+    assert (last["kind"], last["step"], last["loss"]) == ("train", 26, 9.0)
+
+
+def test_divergence_factor_0_lets_an_exploding_loss_run_on(tmp_path, tiny_run_args, monkeypatch):
+    scripted_losses(monkeypatch, lambda step: 1.0 if step <= 20 else 9.0)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_run_args, *EXPLODING, "--divergence-factor", "0"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("completed", 30)
+    assert not any("diverged" in w for w in summary["warnings"])
+
+
+def test_an_error_inside_a_step_ends_the_run_as_crashed_and_is_raised_unchanged(tmp_path, tiny_run_args,
+                                                                              monkeypatch):
+    original_step = Trainer.train_step
+
+    def fail_at_step_3(self):
+        if self.state.step == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", fail_at_step_3)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        main(["train", "--out", str(run), "--method", "lora", *tiny_run_args])
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["passes"]["forward"]) == ("crashed", 2, 2)
+    assert summary["final"]["step"] == 0 and summary["time"]["seconds_per_step"] > 0
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"] == [1, 2]
+
+
+def test_select_metric_chooses_the_best_checkpoint_by_that_metric(tmp_path, tiny_run_args, monkeypatch):
+    """Validation scores scripted so that accuracy would choose step 3 and F1 chooses step 6."""
+    scripted = {0: {"accuracy": 0.5, "f1": 0.5}, 3: {"accuracy": 0.7, "f1": 0.4}, 6: {"accuracy": 0.6, "f1": 0.8}}
+    evaluating: list[Trainer] = []
+    original_evaluate = Trainer.evaluate
+
+    def evaluate(self):
+        evaluating[:] = [self]
+        return original_evaluate(self)
+
+    def split_result(model, encoded, *args):
+        result = evaluate_split(model, encoded, *args)
+        trainer = evaluating[0]
+        if encoded is trainer.encoded["validation"]:
+            result.metrics.update(scripted[trainer.state.step])
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    monkeypatch.setattr("zoft.train.evaluate_split", split_result)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--method", "lora", "--select-metric", "f1", *tiny_run_args]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["select_metric"] == "validation/f1"
+    assert summary["best"]["step"] == 6 and summary["best"]["validation/f1"] == 0.8
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "eval"]
+    assert summary["best"]["test/accuracy"] == evals[2]["test/accuracy"]
+
+
+def test_epochs_become_steps_of_batch_size_times_accumulation_rounded_up():
+    config = build_config(overrides={"epochs": "1.1", "batch_size": "8", "grad_accumulation": "2"})
+    assert planned_steps(config, train_size=64) == 5  # 1.1 * 64 / 16 = 4.4
+    assert planned_steps(build_config(overrides={"epochs": "0.01"}), train_size=64) == 1  # at least one step
+    assert planned_steps(build_config(overrides={"epochs": "3", "steps": "7"}), train_size=64) == 7  # steps win

@@ -66,3 +66,49 @@ def test_a_non_finite_loss_skips_the_update(tiny_classifier, make_batch) -> None
     assert not method.optimizer.state  # AdamW never stepped: no moments were started
     assert all(p.grad is None for p in tiny_classifier.parameters())
     assert method.scheduler.last_epoch == 1  # the schedule still advances with the loop's step count
+
+
+def gradients_at_the_update(method: Backprop) -> list[dict[str, torch.Tensor]]:
+    """The gradients the optimiser holds at each of its steps (after accumulation and clipping), by parameter."""
+    seen: list[dict[str, torch.Tensor]] = []
+    names = {id(p): name for name, p in method.model.named_parameters()}
+
+    def record(optimizer, args, kwargs) -> None:
+        seen.append({names[id(p)]: p.grad.clone() for group in optimizer.param_groups for p in group["params"]})
+
+    method.optimizer.register_step_pre_hook(record)
+    return seen
+
+
+def test_accumulated_micro_batches_step_on_the_gradient_of_their_union(tiny_classifier, make_batch) -> None:
+    """Every gradient entry, not only the norm: AdamW's first step is about lr * sign(g), so equal updates alone
+    would not show equal gradients."""
+    twin = copy.deepcopy(tiny_classifier)
+    parts = [make_batch(3, 0), make_batch(1, 1), make_batch(2, 2)]
+    union = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    accumulating = Backprop(tiny_classifier, method_config(max_grad_norm=0.0), total_steps=10)
+    whole = Backprop(twin, method_config(max_grad_norm=0.0), total_steps=10)
+    accumulated_grads, whole_grads = gradients_at_the_update(accumulating), gradients_at_the_update(whole)
+    assert accumulating.step(parts)["backward_passes"] == 3
+    whole.step([union])
+    assert accumulated_grads[0].keys() == whole_grads[0].keys()
+    for name, grad in whole_grads[0].items():
+        torch.testing.assert_close(accumulated_grads[0][name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_gradient_is_clipped_to_max_grad_norm_and_its_norm_before_is_logged(tiny_classifier, make_batch) -> None:
+    batch = make_batch(4, 0)
+    twin = copy.deepcopy(tiny_classifier)
+    twin(**batch).loss.backward()
+    raw = {name: p.grad.clone() for name, p in twin.named_parameters()}
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in raw.values()])))
+
+    clipped_model, unclipped_model = tiny_classifier, copy.deepcopy(tiny_classifier)
+    clipped = Backprop(clipped_model, method_config(max_grad_norm=norm / 4), total_steps=10)
+    unclipped = Backprop(unclipped_model, method_config(max_grad_norm=0.0), total_steps=10)
+    clipped_grads, unclipped_grads = gradients_at_the_update(clipped), gradients_at_the_update(unclipped)
+    assert clipped.step([batch])["grad_norm"] == pytest.approx(norm, rel=1e-5)  # the norm before clipping
+    assert unclipped.step([batch])["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    for name, grad in raw.items():
+        torch.testing.assert_close(clipped_grads[0][name], grad / 4, rtol=1e-4, atol=1e-8)
+        torch.testing.assert_close(unclipped_grads[0][name], grad, rtol=1e-5, atol=1e-8)

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from zoft.cli import main
 from zoft.config import MethodConfig
-from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer
-from zoft.optim import LinearSchedule, ZerothOrderSGD, ZerothOrderSVRG
+from zoft.methods import build_method
+from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer, mean_loss
+from zoft.optim import LinearSchedule, ZerothOrderSGD, ZerothOrderSVRG, decay_param_groups
 
 TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
 
@@ -227,3 +228,89 @@ def test_an_exact_head_at_lr_0_stays_bit_for_bit(tiny_classifier, make_batch) ->
     for step in range(2):
         method.step([make_batch(8, step)])
     assert torch.equal(head.weight, start.weight) and torch.equal(head.bias, start.bias)
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_accumulated_micro_batches_make_the_step_of_their_union(tiny_classifier, make_batch) -> None:
+    """The same z (same seed): the losses at +-eps z are the union's, so its projected gradient and update are too;
+    weighting the micro-batches equally instead (3 and 1 examples, the 1 of the other class) would not be."""
+    with torch.no_grad():
+        tiny_classifier.classifier.bias.copy_(torch.tensor([1.0, -1.0]))
+    twin = copy.deepcopy(tiny_classifier)
+    big, small = make_batch(3, 0), make_batch(1, 1)
+    big["labels"], small["labels"] = torch.zeros(3, dtype=torch.long), torch.ones(1, dtype=torch.long)
+    union = {key: torch.cat([big[key], small[key]]) for key in big}
+    start = trainable(tiny_classifier)
+    accumulated = ZerothOrder(tiny_classifier, zo_config(lr=1e-2), total_steps=3, seed=0).step([big, small])
+    whole = ZerothOrder(twin, zo_config(lr=1e-2), total_steps=3, seed=0).step([union])
+    for key in ("loss_plus", "loss_minus", "loss"):
+        assert accumulated[key] == pytest.approx(whole[key], rel=1e-6)
+    assert accumulated["projected_grad"] == pytest.approx(whole["projected_grad"], rel=1e-3, abs=1e-3)
+    with torch.no_grad():
+        tiny_classifier.eval()
+        mean_of_means = (tiny_classifier(**big).loss + tiny_classifier(**small).loss) / 2
+    assert accumulated["loss"] != pytest.approx(float(mean_of_means), rel=0.1)
+    after, twin_after = trainable(tiny_classifier), trainable(twin)
+    moved = max(float((after[name] - start[name]).abs().max()) for name in after)
+    assert moved > 1e-4
+    for name in after:
+        torch.testing.assert_close(after[name], twin_after[name], rtol=0, atol=moved * 1e-2)
+
+
+def test_momentum_from_the_config_drives_the_method_s_updates(tiny_classifier, make_batch) -> None:
+    """mezo with momentum 0.9 moves exactly as ZerothOrderSGD(momentum=0.9) on the same parameters and seed, and
+    from the second step on not as without momentum (the first step's buffer is its own estimate: the same move,
+    up to the rounding of the buffer's path)."""
+    models = {name: copy.deepcopy(tiny_classifier) for name in ("method", "optimiser", "none")}
+    method = build_method(models["method"], zo_config(momentum=0.9), total_steps=3, seed=0)
+    plain = build_method(models["none"], zo_config(), total_steps=3, seed=0)
+    groups = decay_param_groups(list(models["optimiser"].named_parameters()), 0.0)
+    optimiser = ZerothOrderSGD(groups, lr=1e-3, eps=1e-3, momentum=0.9, seed=0)
+    for step in range(3):
+        batch = make_batch(4, step)
+        method.step([batch])
+        plain.step([batch])
+        models["optimiser"].eval()
+        optimiser.step(lambda batch=batch: mean_loss(models["optimiser"], [batch], [1.0]))
+        with_momentum, by_hand, without = (trainable(models[name]) for name in ("method", "optimiser", "none"))
+        assert all(torch.equal(with_momentum[name], by_hand[name]) for name in by_hand)
+        apart = max(float((with_momentum[name] - without[name]).abs().max()) for name in by_hand)
+        assert apart < 1e-6 if step == 0 else apart > 1e-5
+
+
+def test_the_exact_head_steps_by_adamw_on_the_gradient_at_the_mean_of_the_perturbed_features(
+        tiny_classifier, make_batch) -> None:
+    """The head's update, rebuilt apart from ExactHead: the features the head read at +eps z and -eps z (a hook
+    of the test's own), averaged per micro-batch (told apart by their sizes, 3 and 5), the cross-entropy weighted
+    by examples, its gradient by autograd, one AdamW step. AdamW's first moment after one step is (1 - beta1) g:
+    the gradient itself, not only the update's signs."""
+    head = tiny_classifier.classifier
+    before = copy.deepcopy(head)
+    seen: list[torch.Tensor] = []
+    # the zeroth-order forwards run without autograd; the head's own gradient step after them with it
+    head.register_forward_pre_hook(lambda module, args: None if torch.is_grad_enabled()
+                                   else seen.append(args[0].detach().clone()))
+    method = ZerothOrder(tiny_classifier, zo_config(head_grad="exact", head_lr=0.01, eps=1e-2), total_steps=3, seed=0)
+    parts = [make_batch(3, 0), make_batch(5, 1)]
+    record = method.step(parts)
+
+    assert [len(f) for f in seen] == [3, 5, 3, 5]  # +eps z, then -eps z, micro-batch by micro-batch
+    features = [torch.stack([f for f in seen if len(f) == len(part["labels"])]).mean(0) for part in parts]
+    assert not torch.allclose(features[0], seen[0], rtol=0, atol=1e-6)  # the mean is not either perturbed point
+    expected = copy.deepcopy(before)
+    loss = sum(len(part["labels"]) / 8 * torch.nn.functional.cross_entropy(expected(f), part["labels"])
+               for f, part in zip(features, parts, strict=True))
+    loss.backward()
+    gradients = {name: p.grad.clone() for name, p in expected.named_parameters()}
+    torch.optim.AdamW(expected.parameters(), lr=0.01, weight_decay=0.0).step()
+
+    assert record["head_loss"] == pytest.approx(float(loss.detach()), rel=1e-6)
+    state = method.exact_head.optimizer.state
+    for name, p in head.named_parameters():
+        torch.testing.assert_close(state[p]["exp_avg"], 0.1 * gradients[name], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(p.detach(), dict(expected.named_parameters())[name].detach(), rtol=1e-6,
+                                   atol=1e-8)
+        assert not torch.equal(p.detach(), dict(before.named_parameters())[name].detach())

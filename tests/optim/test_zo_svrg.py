@@ -437,3 +437,16 @@ def test_the_record_says_whether_the_step_was_a_snapshot() -> None:
     assert record["projected_grad_at_snapshot"] == sum(stats.snapshot_projected_grads) / 2
     assert list(record) == ["loss", "loss_plus", "loss_minus", "projected_grad", "snapshot",
                             "projected_grad_at_snapshot"]
+
+
+@pytest.mark.parametrize(("lr_full", "rate"), [(None, 0.05), (0.3, 0.3)], ids=["follows-lr", "fixed"])
+def test_the_snapshot_step_moves_by_lr_full_or_without_it_by_the_scheduled_lr(lr_full, rate) -> None:
+    """A scheduler halves lr (0.1 to 0.05) before the first step, a snapshot: with lr_full=None the snapshot step
+    takes the scheduled 0.05, with a number that number whatever the schedule."""
+    problem = FiniteSum()
+    optimizer = ZerothOrderSVRG([problem.x], lr=0.1, lr_full=lr_full, q=NEVER, seed=0)
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    start = problem.x.detach().clone()
+    stats = optimizer.step(full_closure=problem.full())
+    z = replay_z(problem.x, stats.seeds[0])
+    assert_within_ulps(problem.x.detach(), start.add(z, alpha=-rate * stats.projected_grad))
