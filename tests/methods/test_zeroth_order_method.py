@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from zoft.cli import main
 from zoft.config import MethodConfig
-from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer
+from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer, trajectory_refusal
 from zoft.optim import LinearSchedule, ZerothOrderSGD, ZerothOrderSVRG
 from zoft.train import Trainer
 
@@ -204,3 +204,16 @@ def test_build_zo_optimizer_follows_the_estimator_and_the_schedule() -> None:
     assert isinstance(svrg, ZerothOrderSVRG) and svrg.q == 7 and svrg.param_groups[0]["lr_full"] == 0.5
     spsa = build_zo_optimizer(groups, zo_config(n_perturbations=1, n_perturbations_final=4), 10, seed=0)
     assert isinstance(spsa, ZerothOrderSGD) and spsa.n_perturbations == LinearSchedule(1, 4, 10)
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"method": "lora"}, "method lora trains by backprop"),
+    ({"method": "full"}, "method full trains by backprop"),
+    ({"zo_estimator": "svrg"}, "zo_estimator=svrg also steps by its snapshots' full-batch estimates"),
+    ({"head_grad": "exact"}, "head_grad=exact trains the head by gradients"),
+], ids=["lora", "full", "svrg", "exact-head"])
+def test_only_spsa_steps_with_a_zeroth_order_head_make_a_trajectory(settings, reason) -> None:
+    # the training loop logs trajectory.bin, and zoft replay rebuilds a run, exactly when this is None
+    assert trajectory_refusal(zo_config()) is None
+    assert trajectory_refusal(zo_config(n_perturbations=3, momentum=0.9, n_perturbations_final=5)) is None
+    assert reason in trajectory_refusal(zo_config(**settings))
