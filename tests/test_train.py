@@ -12,9 +12,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from zoft import trajectory
 from zoft.cli import main
 from zoft.config import build_config
+from zoft.console import Console
 from zoft.evaluate import evaluate_split
+from zoft.runs import RunFolder
 from zoft.train import Trainer, planned_steps
 
 TRAIN_FIELDS = {"step", "loss", "lr", "examples_seen", "forward_passes", "backward_passes", "train_seconds"}
@@ -444,3 +447,57 @@ def test_epochs_become_steps_of_batch_size_times_accumulation_rounded_up():
     assert planned_steps(config, train_size=64) == 5  # 1.1 * 64 / 16 = 4.4
     assert planned_steps(build_config(overrides={"epochs": "0.01"}), train_size=64) == 1  # at least one step
     assert planned_steps(build_config(overrides={"epochs": "3", "steps": "7"}), train_size=64) == 7  # steps win
+
+
+
+
+# -- pinned by the mutation check (docs/testing.md): behaviours no test above fails without ------------------------
+
+def test_the_summary_follows_the_selection_metric_and_the_records(tmp_path, tiny_run_args):
+    # f1 is not MRPC's main metric (accuracy): the checkpoint is chosen by the metric asked for
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--method", "lora", "--select-metric", "f1", *tiny_run_args]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "eval"]
+    assert summary["select_metric"] == "validation/f1"
+    best_f1 = max(r["validation/f1"] for r in evals)
+    assert summary["best"]["step"] == next(r["step"] for r in evals if r["validation/f1"] == best_f1)
+    assert summary["beats_majority"] is (summary["best"]["test/accuracy"] > summary["majority_baseline"]["accuracy"])
+    parameters = summary["parameters"]
+    assert 0 < parameters["trainable"] < parameters["total"]
+    assert parameters["trainable_percent"] == pytest.approx(100 * parameters["trainable"] / parameters["total"])
+
+
+def test_epochs_plan_the_steps_over_the_training_split_and_the_accumulated_batch():
+    config = build_config(overrides={"epochs": "2.5", "batch_size": "8", "grad_accumulation": "2"})
+    assert planned_steps(config, 100) == 16  # 2.5 passes over 100 examples, 16 a step: 15.6, rounded up
+    assert planned_steps(build_config(overrides={"epochs": "0.01"}), 10) == 1  # at least one step
+    assert planned_steps(build_config(overrides={"steps": "7"}), 100) == 7
+
+
+def test_a_mezo_run_folder_without_a_trajectory_resumes_without_one(tmp_path, tiny_run_args, train_stopped_at):
+    # a run folder from before trajectory.bin, or one whose file was deleted: the run goes on, logging none
+    run = tmp_path / "run"
+    assert train_stopped_at(3, ["--out", str(run), *tiny_run_args, "--method", "mezo", "--params", "lora"]) == 130
+    (run / "trajectory.bin").unlink()
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("completed", 6)
+    assert not (run / "trajectory.bin").exists()
+
+
+@pytest.mark.parametrize(("checkpoint_step", "continued"), [(300, True), (301, False)])
+def test_a_trajectory_is_continued_when_it_reaches_the_checkpoints_step(tmp_path, checkpoint_step, continued):
+    # past step 256, where CPython stops sharing int objects: the steps must compare by value, not identity
+    folder = tmp_path / "run"
+    folder.mkdir()
+    trainer = Trainer(build_config(overrides={"method": "mezo"}), RunFolder(folder), Console(quiet=True))
+    trainer.logs_trajectory, trainer.trajectory = True, None  # what setup_method decides for MeZO's SPSA
+    trainer.state.step = checkpoint_step
+    path = trainer.run.trajectory_path
+    trajectory.create(path, device="cpu")
+    for step in range(1, 301):
+        trajectory.append(path, trajectory.StepRecord(step, 1e-3, (step,), (0.5,)))
+    trainer.resume_trajectory()
+    assert (trainer.trajectory == path) is continued
+    assert bool(trainer.state.warnings) is not continued

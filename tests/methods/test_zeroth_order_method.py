@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from zoft.cli import main
 from zoft.config import MethodConfig
 from zoft.methods import build_method
-from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer, mean_loss
+from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer, mean_loss, trajectory_refusal
 from zoft.optim import LinearSchedule, ZerothOrderSGD, ZerothOrderSVRG, decay_param_groups
 
 TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
@@ -314,3 +314,16 @@ def test_the_exact_head_steps_by_adamw_on_the_gradient_at_the_mean_of_the_pertur
         torch.testing.assert_close(p.detach(), dict(expected.named_parameters())[name].detach(), rtol=1e-6,
                                    atol=1e-8)
         assert not torch.equal(p.detach(), dict(before.named_parameters())[name].detach())
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"method": "lora"}, "method lora trains by backprop"),
+    ({"method": "full"}, "method full trains by backprop"),
+    ({"zo_estimator": "svrg"}, "zo_estimator=svrg also steps by its snapshots' full-batch estimates"),
+    ({"head_grad": "exact"}, "head_grad=exact trains the head by gradients"),
+], ids=["lora", "full", "svrg", "exact-head"])
+def test_only_spsa_steps_with_a_zeroth_order_head_make_a_trajectory(settings, reason) -> None:
+    # the training loop logs trajectory.bin, and zoft replay rebuilds a run, exactly when this is None
+    assert trajectory_refusal(zo_config()) is None
+    assert trajectory_refusal(zo_config(n_perturbations=3, momentum=0.9, n_perturbations_final=5)) is None
+    assert reason in trajectory_refusal(zo_config(**settings))

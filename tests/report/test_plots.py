@@ -2,7 +2,10 @@
 
 import re
 import warnings
+from pathlib import Path
 
+import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
 from report.fixture_runs import write_run
@@ -36,3 +39,35 @@ def test_plot_styles_stay_distinct_beyond_the_colours():
     # 16 runs (a settings exploration) once drew two runs in the same colour and marker
     assert len({tuple(plot_style(i).values()) for i in range(56)}) == 56
     assert len({(plot_style(i)["color"], plot_style(i)["linestyle"]) for i in range(32)}) == 32  # the loss plot's lines
+
+
+HOLLOW = "hollow: one class predicted for all test examples"
+BAND = "shaded: MeZO's loss+ … loss−"
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, Figure]:
+    """The figures the report saves, by file name (the last one of each name)."""
+    figures = {}
+    save = Figure.savefig
+
+    def keep(figure, path, **options):
+        figures[Path(path).name] = figure
+        save(figure, path, **options)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def legend_texts(figure: Figure) -> list[str]:
+    return [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+
+
+def test_the_plots_explain_the_marks_they_draw_and_no_others(tmp_path, lora_run, mezo_run, stsb_run, drawn):
+    write_report([lora_run], tmp_path / "lora")  # step 0 predicts one class: a hollow marker; no MeZO band
+    assert HOLLOW in legend_texts(drawn["metrics.png"])
+    assert BAND not in drawn["loss.png"].axes[0].get_title()
+    write_report([lora_run, mezo_run], tmp_path / "both")
+    assert BAND in drawn["loss.png"].axes[0].get_title()
+    write_report([stsb_run], tmp_path / "stsb")  # a regression task has no class to collapse to
+    assert HOLLOW not in legend_texts(drawn["metrics.png"])
