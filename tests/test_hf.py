@@ -121,7 +121,8 @@ def test_accumulated_micro_batches_make_the_loss_the_trainers_backprop_would_tak
 
 def test_the_trainer_takes_the_steps_zoft_train_takes(tiny_bert, real_glue, tmp_path):
     """Same model, micro-batches, seeds and settings (LoRA with its head, n-SPSA, momentum, weight decay, a warm-up
-    then linear schedule, accumulation over two micro-batches): the same trainable tensors after the run."""
+    then linear schedule, accumulation over two micro-batches): the same trainable tensors after the run, to the
+    bit (one process, the same operations in the same order: the closure sums the micro-batches as zoft's does)."""
     settings = ["--method", "mezo", "--params", "lora", "--lr", "1e-2", "--eps", "1e-3", "--n-perturbations", "2",
                 "--momentum", "0.9", "--weight-decay", "0.01", "--schedule", "linear", "--warmup-ratio", "0.25",
                 "--grad-accumulation", "2", "--steps", "4", "--batch-size", "4", "--seed", "7"]
@@ -151,7 +152,7 @@ def test_the_trainer_takes_the_steps_zoft_train_takes(tiny_bert, real_glue, tmp_
     through_trainer = trainable(rebuilt.model)
     assert through_trainer.keys() == trained.keys()
     for name, tensor in trained.items():
-        torch.testing.assert_close(through_trainer[name], tensor, rtol=1e-6, atol=1e-7)
+        assert torch.equal(through_trainer[name], tensor), name
     assert any(not torch.equal(tensor, RunFolder(run).load_start()[name]) for name, tensor in trained.items())
 
 
