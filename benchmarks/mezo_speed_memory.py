@@ -33,7 +33,7 @@ import torch
 from zoft.config import DataConfig, MethodConfig, ModelConfig
 from zoft.data.batches import BatchStream, encode, to_device
 from zoft.data.splits import load_task_data
-from zoft.measure import measure_memory, pick_device, synchronize
+from zoft.measure import MemoryReport, measure_memory, pick_device, synchronize
 from zoft.methods import build_method
 from zoft.models import load_model, prepare_trainable
 
@@ -48,9 +48,7 @@ def setup(variant: str, args: argparse.Namespace, device: torch.device):
     model, tokenizer = load_benchmark_model(args)
     method = "lora" if kind == "backprop" else "mezo"
     model = prepare_trainable(model, ModelConfig(), method, params if method == "mezo" else None).to(device)
-    data = load_task_data(DataConfig(task="mrpc", data_dir=args.data_dir), seed=0)
-    batch = to_device(next(BatchStream(encode(data.splits["train"], tokenizer, 128), tokenizer, args.batch_size, 0)),
-                      device)
+    batch = to_device(fixed_batch(args, tokenizer), device)
     if kind == "inference":
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         model.eval()
@@ -64,6 +62,12 @@ def setup(variant: str, args: argparse.Namespace, device: torch.device):
                           else 1e-4, weight_decay=0.0, schedule="constant", warmup_ratio=0.0)
     trainer = build_method(model, config, total_steps=10**6, seed=0)
     return (lambda: trainer.step([batch])), trainer
+
+
+def fixed_batch(args: argparse.Namespace, tokenizer: object) -> dict[str, torch.Tensor]:
+    """The one batch every variant steps on: the first of MRPC's training stream at seed 0, on the CPU."""
+    data = load_task_data(DataConfig(task="mrpc", data_dir=args.data_dir), seed=0)
+    return next(BatchStream(encode(data.splits["train"], tokenizer, 128), tokenizer, args.batch_size, 0))
 
 
 def load_benchmark_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object]:
@@ -119,6 +123,11 @@ def measure_peak_memory(variant: str, args: argparse.Namespace, device: torch.de
     with measure_memory(device) as report:
         for _ in range(args.repeats):
             step()
+    return peak_bytes(report, device)
+
+
+def peak_bytes(report: MemoryReport, device: torch.device) -> int:
+    """The peak compared: the GPU allocator's on CUDA, else the resident memory sampled over the phase."""
     return report.cuda_max_allocated_bytes if device.type == "cuda" else report.train_peak_rss_bytes
 
 

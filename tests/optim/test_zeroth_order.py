@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from zoft.optim import NonFiniteLossError, ZerothOrderSGD, ZOStepStats, decay_param_groups
+from zoft import trajectory
+from zoft.optim import NonFiniteLossError, ZerothOrderSGD, ZerothOrderSVRG, ZOStepStats, decay_param_groups
 
 FLOAT32_ULP = torch.finfo(torch.float32).eps
 
@@ -550,6 +551,7 @@ def test_stats_are_plain_python_numbers() -> None:
     assert all(type(value) is float for value in [stats.loss_plus, stats.loss_minus, stats.projected_grad])
     assert all(type(seed) is int for seed in stats.seeds)
     assert stats.forward_passes == 6
+    assert (stats.step, stats.lr) == (1, 1e-4) and type(stats.lr) is float
     assert len(stats.losses_plus) == len(stats.losses_minus) == len(stats.projected_grads) == 3
     assert stats.loss == pytest.approx((stats.loss_plus + stats.loss_minus) / 2)
 
@@ -611,6 +613,60 @@ def test_replay_rebuilds_the_steps_bit_for_bit_without_a_forward(cache_z: bool) 
     assert replayer.steps_taken == 4
     trained, replayed = optimizer.state_dict()["state"], replayer.state_dict()["state"]
     assert all(torch.equal(trained[k]["momentum_buffer"], replayed[k]["momentum_buffer"]) for k in trained)
+
+
+def test_the_optimiser_alone_keeps_a_trajectory_that_replays_bit_for_bit(tmp_path) -> None:
+    """Each step's stats are its trajectory record (zoft.trajectory's), numbered on across a state-dict resume
+    and carrying the scheduled lr the update applied: written, read back and replayed, they give the tensors."""
+    model = tiny_mlp()
+    start = snapshot(list(model.parameters()))
+    inputs, labels = separable_data()
+
+    def optimizer_of(module: nn.Module, seed: int) -> ZerothOrderSGD:
+        groups = decay_param_groups(module.named_parameters(), weight_decay=0.1)
+        return ZerothOrderSGD(groups, lr=1e-2, momentum=0.5, n_perturbations=2, seed=seed)
+
+    path = tmp_path / "trajectory.bin"
+    trajectory.create(path, device="cpu")
+    optimizer = optimizer_of(model, seed=4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    for _ in range(3):
+        trajectory.append(path, optimizer.step(classification_loss(model, inputs, labels)).trajectory_record())
+        scheduler.step()
+    resumed = optimizer_of(model, seed=99)
+    resumed.load_state_dict(optimizer.state_dict())
+    trajectory.append(path, resumed.step(classification_loss(model, inputs, labels)).trajectory_record())
+
+    records = trajectory.read(path).records
+    assert [record.step for record in records] == [1, 2, 3, 4]
+    assert [record.lr for record in records] == [1e-2 * (1 / (1 + step)) for step in range(4)]
+    assert all(len(record.seeds) == len(record.projected_grads) == 2 for record in records)
+    rebuilt = tiny_mlp(seed=1)
+    with torch.no_grad():
+        for param, value in zip(rebuilt.parameters(), start, strict=True):
+            param.copy_(value)
+    replayer = optimizer_of(rebuilt, seed=0)
+    for record in records:
+        for group in replayer.param_groups:
+            group["lr"] = record.lr
+        replayer.replay(record.seeds, record.projected_grads)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), rebuilt.parameters(), strict=True))
+
+
+def test_a_trajectory_record_needs_one_lr_and_an_spsa_step() -> None:
+    model = tiny_mlp()
+    inputs, labels = separable_data()
+    head, body = list(model[-1].parameters()), [p for layer in model[:-1] for p in layer.parameters()]
+    stats = ZerothOrderSGD([{"params": body}, {"params": head, "lr": 1e-2}], lr=1e-3).step(
+        classification_loss(model, inputs, labels))
+    assert stats.lr is None
+    with pytest.raises(ValueError, match="different learning rates"):
+        stats.trajectory_record()
+    svrg = ZerothOrderSVRG(model.parameters(), lr=1e-3, q=2)
+    snapshot_step = svrg.step(full_closure=classification_loss(model, inputs, labels))
+    assert (snapshot_step.step, snapshot_step.lr) == (1, 1e-3)
+    with pytest.raises(TypeError, match="full-batch estimate"):
+        snapshot_step.trajectory_record()
 
 
 def test_replay_needs_one_projected_gradient_per_seed() -> None:

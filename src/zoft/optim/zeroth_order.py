@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoft import trajectory
+
 __all__ = ["LinearSchedule", "NonFiniteLossError", "ZOStepStats", "ZerothOrderSGD", "decay_param_groups"]
 
 # Below 2**53 so that every seed survives a round trip through JSON readers that use doubles.
@@ -48,7 +50,9 @@ class ZOStepStats:
     """What one :meth:`ZerothOrderSGD.step` measured.
 
     ``loss_plus``, ``loss_minus`` and ``projected_grad`` are means over the step's perturbations; the
-    ``*s`` lists hold one value per perturbation, in the order of ``seeds``.
+    ``*s`` lists hold one value per perturbation, in the order of ``seeds``. ``step`` is the optimiser's
+    count of steps taken with this one (1 for its first, continued by a loaded state dict); ``lr`` the
+    learning rate the update applied, None when the param groups' rates differ.
     """
 
     loss_plus: float
@@ -59,6 +63,8 @@ class ZOStepStats:
     projected_grads: list[float]
     seeds: list[int]
     forward_passes: int
+    step: int
+    lr: float | None
 
     @property
     def loss(self) -> float:
@@ -70,6 +76,15 @@ class ZOStepStats:
         (estimators with more to say add their keys)."""
         return {"loss": self.loss, "loss_plus": self.loss_plus, "loss_minus": self.loss_minus,
                 "projected_grad": self.projected_grad}
+
+    def trajectory_record(self) -> trajectory.StepRecord:
+        """The step as a record of a seed trajectory (:mod:`zoft.trajectory`, what ``zoft replay`` reads): with
+        the tensors before it, its seeds, projected gradients and lr are the whole step, which
+        :meth:`ZerothOrderSGD.replay` repeats to the bit. So a loop of one's own keeps a run's trajectory
+        from the optimiser alone: ``trajectory.append(path, opt.step(closure).trajectory_record())``."""
+        if self.lr is None:
+            raise ValueError("the step's param groups have different learning rates; a trajectory record holds one")
+        return trajectory.StepRecord(self.step, self.lr, tuple(self.seeds), tuple(self.projected_grads))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -466,8 +481,15 @@ def _no_forward() -> float:
     return 0.0
 
 
+def _shared_lr(groups: Iterable[dict[str, Any]], rate: Callable[[dict[str, Any]], float]) -> float | None:
+    """The learning rate every group's update applies (`rate` of each group), None when they differ."""
+    rates = {rate(group) for group in groups}
+    return rates.pop() if len(rates) == 1 else None
+
+
 def _step_stats(
-    measurements: list[tuple[float, float]], grads: list[float], directions: list[_Direction], forward_passes: int
+    measurements: list[tuple[float, float]], grads: list[float], directions: list[_Direction], forward_passes: int,
+    step: int, lr: float | None,
 ) -> ZOStepStats:
     losses_plus = [plus for plus, _ in measurements]
     losses_minus = [minus for _, minus in measurements]
@@ -480,6 +502,8 @@ def _step_stats(
         projected_grads=grads,
         seeds=[direction.seed for direction in directions],
         forward_passes=forward_passes,
+        step=step,
+        lr=lr,
     )
 
 
@@ -579,7 +603,8 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         grads = self._projected_grads(measurements)
         self._update(slices, directions, grads)
         self.steps_taken += 1
-        return _step_stats(measurements, grads, directions, forward_passes=2 * len(directions))
+        return _step_stats(measurements, grads, directions, forward_passes=2 * len(directions),
+                           step=self.steps_taken, lr=_shared_lr(self.param_groups, lambda group: group["lr"]))
 
     @torch.no_grad()
     def replay(self, seeds: Sequence[int], projected_grads: Sequence[float]) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoft import trajectory
 from zoft.optim.zeroth_order import (
     DEFAULT_MAX_CHUNK_NUMEL,
     Closure,
@@ -31,6 +32,7 @@ from zoft.optim.zeroth_order import (
     ZOStepStats,
     _check_hyperparameters,
     _Direction,
+    _shared_lr,
     _Slice,
     _step_stats,
     _ZerothOrderOptimizer,
@@ -65,6 +67,11 @@ class SVRGStepStats(ZOStepStats):
             return {**super().record(), "snapshot": 1.0}
         mean = sum(self.snapshot_projected_grads) / len(self.snapshot_projected_grads)
         return {**super().record(), "snapshot": 0.0, "projected_grad_at_snapshot": mean}
+
+    def trajectory_record(self) -> trajectory.StepRecord:
+        """Refused: a MeZO-SVRG step is not a function of its seeds, projected gradients and lr alone."""
+        raise TypeError("a MeZO-SVRG step also moves by its snapshot's full-batch estimate, which a trajectory of "
+                        "seeds and projected gradients does not hold")
 
 
 class ZerothOrderSVRG(_ZerothOrderOptimizer):
@@ -193,7 +200,8 @@ class ZerothOrderSVRG(_ZerothOrderOptimizer):
             if piece.group["weight_decay"] > 0:
                 piece.param.mul_(1 - rate * piece.group["weight_decay"])
             piece.param.add_(piece.buffers[_FULL_GRAD], alpha=-rate)
-        base = _step_stats(measurements, grads, directions, forward_passes=2 * len(directions))
+        base = _step_stats(measurements, grads, directions, forward_passes=2 * len(directions),
+                           step=self.steps_taken + 1, lr=_shared_lr(self.param_groups, _full_lr))
         return SVRGStepStats(
             **dataclasses.asdict(base), full_batch=True, snapshot_losses_plus=[], snapshot_losses_minus=[],
             snapshot_projected_grads=[],
@@ -215,7 +223,8 @@ class ZerothOrderSVRG(_ZerothOrderOptimizer):
         self._update(slices, directions, [now - then for now, then in zip(grads, snapshot_grads, strict=True)])
         for piece in slices:
             piece.param.add_(piece.buffers[_FULL_GRAD], alpha=-piece.group["lr"])
-        base = _step_stats(at_current, grads, directions, forward_passes=4 * len(directions))
+        base = _step_stats(at_current, grads, directions, forward_passes=4 * len(directions),
+                           step=self.steps_taken + 1, lr=_shared_lr(self.param_groups, lambda group: group["lr"]))
         return SVRGStepStats(
             **dataclasses.asdict(base), full_batch=False, snapshot_losses_plus=[plus for plus, _ in at_snapshot],
             snapshot_losses_minus=[minus for _, minus in at_snapshot], snapshot_projected_grads=snapshot_grads,
