@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -78,22 +75,9 @@ def trainer_peak(variant: str, args: argparse.Namespace, device: torch.device) -
     return reference.peak_bytes(measured.report, device)
 
 
-def peak_in_fresh_process(variant: str, args: argparse.Namespace) -> int:
-    command = [sys.executable, __file__, "--memory-of", variant, "--model", args.model, "--batch-size",
-               str(args.batch_size), "--repeats", str(args.repeats), "--data-dir", args.data_dir,
-               "--device", args.device, *(["--random-init"] if args.random_init else [])]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return int(json.loads(output.strip().splitlines()[-1])["peak_bytes"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="minilm")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--random-init", action="store_true", help="random weights from the model's config.json")
-    parser.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", str(REPO.parent / "shared/glue_data")))
+    reference.add_shared_arguments(parser, repeats=10)
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
@@ -102,7 +86,7 @@ def main() -> None:
         measure = trainer_peak if args.memory_of.startswith("trainer-") else reference.measure_peak_memory
         print(json.dumps({"peak_bytes": measure(args.memory_of, args, device)}))
         return
-    peaks = {variant: peak_in_fresh_process(variant, args) for variant in VARIANTS}
+    peaks = {variant: reference.peak_memory_in_fresh_process(variant, args, script=__file__) for variant in VARIANTS}
     kind = "GPU allocator peak" if device.type == "cuda" else "peak RSS over the steps"
     weights = " (random weights)" if args.random_init else ""
     print(f"model {args.model}{weights}, LoRA, batch {args.batch_size}, device {device}, {args.repeats} steps "

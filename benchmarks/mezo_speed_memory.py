@@ -131,8 +131,9 @@ def peak_bytes(report: MemoryReport, device: torch.device) -> int:
     return report.cuda_max_allocated_bytes if device.type == "cuda" else report.train_peak_rss_bytes
 
 
-def peak_memory_in_fresh_process(variant: str, args: argparse.Namespace) -> int:
-    command = [sys.executable, __file__, "--memory-of", variant, "--model", args.model, "--batch-size",
+def peak_memory_in_fresh_process(variant: str, args: argparse.Namespace, script: str = __file__) -> int:
+    """`script --memory-of variant` in a process of its own (so that no earlier variant's peak counts)."""
+    command = [sys.executable, script, "--memory-of", variant, "--model", args.model, "--batch-size",
                str(args.batch_size), "--repeats", str(args.repeats), "--data-dir", args.data_dir,
                "--device", args.device, *(["--random-init"] if args.random_init else [])]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -164,14 +165,19 @@ def report(times: dict[str, float], memory: dict[str, int], device: torch.device
     return {"device": str(device), "times_seconds": times, "peak_bytes": memory, "ratios": ratios}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shared_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """The model, batch, device and data options this benchmark and benchmarks/hf_trainer_memory.py share."""
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--random-init", action="store_true", help="random weights from the model's config.json")
     parser.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", str(REPO.parent / "shared/glue_data")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shared_arguments(parser, repeats=20)
     parser.add_argument("--json", help="also write the measurements to this file")
     parser.add_argument("--profile", choices=VARIANTS, help="only print torch.profiler's table for this variant")
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)

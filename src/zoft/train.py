@@ -295,10 +295,9 @@ class Trainer:
             return
         self.trajectory = path
 
-    def log_update(self, lr: float, seeds: Sequence[int], projected_grads: Sequence[float]) -> None:
-        if self.trajectory is not None:  # called inside the step, before the loop counts it
-            self.run.append_trajectory(trajectory.StepRecord(self.state.step + 1, lr, tuple(seeds),
-                                                             tuple(projected_grads)))
+    def log_update(self, record: trajectory.StepRecord) -> None:
+        if self.trajectory is not None:
+            self.run.append_trajectory(record)
 
     # -- evaluation --------------------------------------------------------------------------------------
 

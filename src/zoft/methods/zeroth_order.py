@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from zoft import trajectory
 from zoft.config import MethodConfig
 from zoft.heads import classification_loss
 from zoft.methods.common import (
@@ -31,8 +32,8 @@ from zoft.models import head_linear
 from zoft.optim import LinearSchedule, NonFiniteLossError, ZerothOrderSGD, ZerothOrderSVRG, decay_param_groups
 
 Closure = Callable[[], torch.Tensor]
-# log_update(lr, seeds, projected_grads): told of every update MeZO's SPSA applied, for the run's trajectory.
-UpdateLog = Callable[[float, Sequence[int], Sequence[float]], None]
+# log_update(record): every update MeZO's SPSA applied, as the optimiser records it, for the run's trajectory.
+UpdateLog = Callable[[trajectory.StepRecord], None]
 
 
 def trajectory_refusal(cfg: MethodConfig) -> str | None:
@@ -182,7 +183,7 @@ class ZerothOrder(OptimizerState):
             return {"loss": math.nan, "loss_plus": error.loss_plus, "loss_minus": error.loss_minus, "lr": lr,
                     "backward_passes": 0}
         if self.log_update is not None:
-            self.log_update(lr, stats.seeds, stats.projected_grads)
+            self.log_update(stats.trajectory_record())
         self.scheduler.step()
         head = {"head_loss": self.exact_head.step(micro_batches, weights)} if self.exact_head else {}
         return {**stats.record(), "lr": lr, **head, "backward_passes": 0}
