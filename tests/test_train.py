@@ -342,12 +342,14 @@ def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, learni
 # -- what ends a run: budgets, an exploding loss, a crash; what chooses the best checkpoint ------------------
 
 
-def test_a_run_stops_at_the_step_that_spends_its_forward_pass_budget(tmp_path, tiny_run_args, capsys):
-    """MeZO makes 2 forward passes a step: a budget of 7 is spent at step 4 (8 passes), before the 6 planned;
-    the stop is evaluated, and --quiet prints nothing at all."""
+@pytest.mark.parametrize("budget", [7, 8])
+def test_a_run_stops_at_the_step_that_spends_its_forward_pass_budget(tmp_path, tiny_run_args, capsys, budget):
+    """MeZO makes 2 forward passes a step: a budget of 7, or exactly 8, is spent at step 4 (8 passes), before
+    the 6 planned; the stop is evaluated, and --quiet prints nothing at all."""
     run = tmp_path / "run"
     capsys.readouterr()
-    assert main(["train", "--out", str(run), "--method", "mezo", "--max-forward-passes", "7", *tiny_run_args]) == 0
+    assert main(["train", "--out", str(run), "--method", "mezo", "--max-forward-passes", str(budget),
+                 *tiny_run_args]) == 0
     assert capsys.readouterr() == ("", "")
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
@@ -384,6 +386,17 @@ def test_a_loss_that_explodes_past_the_divergence_factor_stops_the_run(tmp_path,
     assert "step 26: the loss is 9, diverged from 1 at the start; training stopped" in summary["warnings"]
     last = read_jsonl(run / "metrics.jsonl")[-1]  # the step that diverged is logged
     assert (last["kind"], last["step"], last["loss"]) == ("train", 26, 9.0)
+
+
+def test_a_loss_that_explodes_early_is_judged_only_once_the_two_windows_are_apart(tmp_path, tiny_run_args,
+                                                                                 monkeypatch):
+    """Loss 1 for steps 1-10, then 100: the last 10 steps' mean passes 5× the first 10 steps' from step 11, but
+    the two windows overlap until step 2·LOSS_WINDOW, so the run stops at step 20 and not before."""
+    scripted_losses(monkeypatch, lambda step: 1.0 if step <= 10 else 100.0)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_run_args, *EXPLODING]) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("diverged", 20)
 
 
 def test_divergence_factor_0_lets_an_exploding_loss_run_on(tmp_path, tiny_run_args, monkeypatch):

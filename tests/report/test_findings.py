@@ -59,3 +59,23 @@ def test_a_best_checkpoint_at_step_0_is_credited_to_the_start_not_the_method(tmp
     assert "(step 0, before any training step)" in findings
     assert ("No training step improved on the starting model (validation chose step 0, the model before training): "
             "LoRA") in findings
+
+
+def scored_copy(run, to, accuracy: float):
+    copy = copy_run(run, to)
+    summary = summary_of(copy)
+    summary["best"]["test/accuracy"] = accuracy
+    (copy / "summary.json").write_text(json.dumps(summary))
+    return copy
+
+
+def test_the_ranking_names_the_closest_run_behind_the_best_as_runner_up(tmp_path, lora_run, mezo_run):
+    """Three runs at 80%, 75% and 70%: the best is 5.00 points ahead of the 75% run, not of the last one."""
+    runs = [scored_copy(lora_run, tmp_path / "lora", 0.70), scored_copy(mezo_run, tmp_path / "mezo", 0.80),
+            scored_copy(mezo_run, tmp_path / "mezo-again", 0.75)]
+    config = yaml.safe_load((runs[2] / "config.yaml").read_text())
+    config["train"]["lr"] = 3e-3  # a label of its own
+    (runs[2] / "config.yaml").write_text(yaml.safe_dump(config))
+    findings = section(write_report(runs, tmp_path / "report").read_text(), "Findings")
+    assert ("Best test accuracy: MeZO (LoRA) lr=0.0001, 80.00% (step 6), 5.00 points ahead of MeZO (LoRA) lr=0.003 "
+            "(75.00%).") in findings
