@@ -117,8 +117,11 @@ def print_profile(variant: str, args: argparse.Namespace, device: torch.device) 
     print(profiler.key_averages().table(sort_by=sort_by, row_limit=15))
 
 
-def measure_peak_memory(variant: str, args: argparse.Namespace, device: torch.device) -> int:
-    step, _ = setup(variant, args, device)
+def measure_peak_memory(variant: str, args: argparse.Namespace, device: torch.device,
+                        build: Callable[..., tuple[Callable[[], object], object]] = setup) -> int:
+    """Peak memory over `--repeats` steps of a variant after a first one; `build` is `setup` or another
+    benchmark's maker of (step, state) with the same signature."""
+    step, _ = build(variant, args, device)
     step()
     with measure_memory(device) as report:
         for _ in range(args.repeats):
