@@ -92,13 +92,20 @@ def measure_times(args: argparse.Namespace, device: torch.device) -> dict[str, f
     cached_step, cached = setup("mezo-lora", args, device)
     cached.optimizer.cache_z = True
     steps["mezo-lora-cached"] = cached_step
+    samples = interleaved_samples(steps, args.repeats, device)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def interleaved_samples(steps: dict[str, Callable[[], object]], repeats: int,
+                        device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each step over `repeats` rounds, each round calling every step once, after one warm-up call."""
     for step in steps.values():  # warm-up: allocator, kernels, first-call overheads
         step()
     samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name, step in steps.items():
             samples[name].append(seconds_of_one_call(step, device))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def print_profile(variant: str, args: argparse.Namespace, device: torch.device) -> None:
@@ -117,8 +124,11 @@ def print_profile(variant: str, args: argparse.Namespace, device: torch.device) 
     print(profiler.key_averages().table(sort_by=sort_by, row_limit=15))
 
 
-def measure_peak_memory(variant: str, args: argparse.Namespace, device: torch.device) -> int:
-    step, _ = setup(variant, args, device)
+def measure_peak_memory(variant: str, args: argparse.Namespace, device: torch.device,
+                        build: Callable[..., tuple[Callable[[], object], object]] = setup) -> int:
+    """Peak memory over `--repeats` steps of a variant after a first one; `build` is `setup` or another
+    benchmark's maker of (step, state) with the same signature."""
+    step, _ = build(variant, args, device)
     step()
     with measure_memory(device) as report:
         for _ in range(args.repeats):
