@@ -1,6 +1,8 @@
 """zoft sweep through the real CLI on the tiny BERT: the table, the heat map, best.yaml, continuing."""
 
 import csv
+import json
+import shutil
 import sys
 
 import pytest
@@ -44,12 +46,12 @@ def test_ties_go_to_the_steadier_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, tiny_bert, real_glue):
+def swept(tmp_path_factory, tiny_run_args):
+    """Three points whose scores differ: lr 1e-2 learns (see LEARNING_LR), 1e-4 keeps its step-0 model, 1e30
+    diverges."""
     out = tmp_path_factory.mktemp("sweep")
-    args = ["sweep", "--out", str(out), "--model", str(tiny_bert), "--data-dir", str(real_glue), "--task", "mrpc",
-            "--train-limit", "64", "--validation-fraction", "0.02", "--steps", "4", "--eval-every", "2",
-            "--batch-size", "8", "--max-length", "64", "--quiet", "--method", "mezo-lora",
-            "--grid", "lr=1e-4,1e30", "eps=1e-3,1e-2"]
+    args = ["sweep", "--out", str(out), *tiny_run_args, "--method", "mezo-lora",
+            "--grid", "lr=1e-4,1e-2,1e30", "eps=1e-3"]
     assert main(args) == 0
     return out, args
 
@@ -64,41 +66,63 @@ def test_a_quiet_sweep_prints_its_result_paths_only(tmp_path, tiny_bert, real_gl
     assert printed.err == ""
 
 
-def test_the_sweep_writes_its_table_heat_map_and_best(swept):
+def test_the_sweep_ranks_its_points_and_writes_its_table_heat_map_and_best(swept, assert_trained):
     out, _ = swept
     rows = list(csv.DictReader((out / "sweep.csv").open()))
-    assert len(rows) == 4
-    assert {row["status"] for row in rows if row["lr"] == "1e30"} == {"diverged"}
-    ranked = [row for row in rows if row["status"] == "completed"]
-    scores = [float(row["validation/accuracy"]) for row in ranked]
-    assert scores == sorted(scores, reverse=True) and len(ranked) == 2
-    for row in ranked:  # each score is the best validation value of its run, never a test value
+    assert [(row["lr"], row["status"]) for row in rows] == [("1e-2", "completed"), ("1e-4", "completed"),
+                                                            ("1e30", "diverged")]
+    scores = [float(row["validation/accuracy"]) for row in rows[:2]]
+    assert scores[0] > scores[1]  # a real order, not a tie that any ranking passes
+    for row in rows[:2]:  # each score is the best validation value of its run, never a test value
         run = load_run(out / row["run"])
         assert float(row["validation/accuracy"]) == pytest.approx(run.summary.best["validation/accuracy"],
                                                                   abs=5e-5)
+    assert_trained(out / rows[0]["run"])
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "validation split" in (out / "sweep.md").read_text()
 
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["method"]["method"] == "mezo" and best["method"]["params"] == "lora"
-    assert best["method"]["lr"] == 1e-4
-    assert best["method"]["eps"] == float(ranked[0]["eps"])
+    assert best["method"]["lr"] == 1e-2 and best["method"]["eps"] == 1e-3
 
 
 def test_compare_accepts_the_best_point_as_its_preset(swept):
     out, _ = swept
     configs = plan(["lora", "mezo-lora"], {"task": "mrpc"}, [out / "best.yaml"])
-    best = yaml.safe_load((out / "best.yaml").read_text())["method"]
-    assert configs["mezo-lora"].method.eps == best["eps"]
+    assert configs["mezo-lora"].method.lr == 1e-2
     assert configs["lora"].method.method == "lora"
 
 
-def test_a_sweep_run_again_keeps_its_finished_points(swept, capsys):
+def test_a_sweep_run_again_continues_where_it_stopped(swept, tmp_path, capsys):
     out, args = swept
-    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
-    assert main(args) == 0
-    after = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
-    assert before == after
+    again = shutil.copytree(out, tmp_path / "sweep")
+    runs = {lr: again / "runs" / f"lr={lr},eps=1e-3" for lr in ("1e-4", "1e-2", "1e30")}
+    # the point that won keeps a summary edited to rank last of the completed ones: kept, not trained again
+    summary = json.loads((runs["1e-2"] / "summary.json").read_text())
+    summary["best"]["validation/accuracy"] = 0.01
+    (runs["1e-2"] / "summary.json").write_text(json.dumps(summary))
+    # a point killed after its last checkpoint: its checkpoint is there, its summary.json is not
+    resumed = runs["1e-4"]
+    finished_summary = json.loads((resumed / "summary.json").read_text())
+    (resumed / "summary.json").unlink()
+    lines_before = (resumed / "metrics.jsonl").read_text().splitlines()
+    kept = {lr: (run / "summary.json").stat().st_mtime_ns for lr, run in runs.items() if run != resumed}
+    capsys.readouterr()
+
+    argv = [str(again) if a == str(out) else a for a in args if a != "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"sweep: 1/3 lr=1e-4,eps=1e-3 → {resumed} (resuming)" in err
+    assert f"sweep: 2/3 lr=1e-2,eps=1e-3: {runs['1e-2']} already holds this run; keeping it" in err
+    assert f"sweep: 3/3 lr=1e30,eps=1e-3: {runs['1e30']} already holds this run; keeping it" in err
+    assert {lr: (run / "summary.json").stat().st_mtime_ns for lr, run in runs.items() if run != resumed} == kept
+    assert (resumed / "metrics.jsonl").read_text().splitlines()[:len(lines_before)] == lines_before
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["best"] == finished_summary["best"]
+
+    rows = list(csv.DictReader((again / "sweep.csv").open()))
+    assert [row["lr"] for row in rows] == ["1e-4", "1e-2", "1e30"]  # ranked by the summaries as they now are
+    assert yaml.safe_load((again / "best.yaml").read_text())["method"]["lr"] == 1e-4
 
 
 def sweep_results(tmp_path) -> list[SweepResult]:
