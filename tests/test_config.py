@@ -79,6 +79,11 @@ def test_every_key_has_help_and_is_unique():
     keys = config_keys()
     assert {"lr", "method", "model", "task", "data_dir", "steps"} <= set(keys)
     assert all(field.metadata.get("help") for _, field in keys.values())
+    # `key=value` overrides name a leaf without its section, so two sections must never share a leaf name:
+    # config_keys() is keyed by name, and a shared one would silently replace the other.
+    sections = RunConfig().to_dict()
+    leaves = [key for section in sections.values() for key in section]
+    assert len(leaves) == len(set(leaves)) == len(keys)
 
 
 # -- override spellings and YAML layouts ---------------------------------------------------------------------
