@@ -5,6 +5,7 @@ import os
 import signal
 
 import pytest
+import yaml
 
 from zoft import measure
 from zoft.cli import main
@@ -41,6 +42,14 @@ def test_compare_runs_each_method_on_identical_data_and_writes_the_report(tmp_pa
     assert main(args) == 0
     summaries = {name: json.loads((out / name / "summary.json").read_text()) for name in ("lora", "mezo-lora")}
     assert summaries["lora"]["data"] == summaries["mezo-lora"]["data"]
+    # The same rows, not only the same source and sizes: the same data settings, and both runs scored the same
+    # validation rows (carved from train by the data seed, so the training rows are the same too) and test rows.
+    configs = {name: yaml.safe_load((out / name / "config.yaml").read_text()) for name in summaries}
+    assert configs["lora"]["data"] == configs["mezo-lora"]["data"]
+    for split in ("validation", "test"):
+        rows = {name: [(r["index"], r["label"]) for r in read_jsonl(out / name / "predictions" / f"{split}.jsonl")]
+                for name in summaries}
+        assert rows["lora"] == rows["mezo-lora"] and len(rows["lora"]) == summaries["lora"]["data"]["sizes"][split]
     assert summaries["lora"]["steps"] == summaries["mezo-lora"]["steps"] == 6
     assert summaries["mezo-lora"]["passes"] == {"forward": 12, "backward": 0}
     report = (out / "report" / "report.md").read_text()

@@ -16,7 +16,6 @@ from zoft.measure import (
     measure_memory,
     pick_device,
     process_peak_rss,
-    release_freed_memory,
 )
 
 CPU = torch.device("cpu")
@@ -116,11 +115,6 @@ def test_memory_freed_before_a_phase_does_not_count_as_the_phases():
     with measure_memory(torch.device("cpu")) as report:
         pass
     assert report.rss_at_train_start_bytes < before + 50 * 2**20
-
-
-def test_release_freed_memory_is_safe_to_repeat():
-    release_freed_memory()
-    release_freed_memory()
 
 
 def test_process_peak_rss_is_at_least_the_current_rss():

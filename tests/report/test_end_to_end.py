@@ -3,7 +3,7 @@ what `zoft train` writes. Every other report test reads synthetic folders (tests
 
 import pytest
 
-from report.fixture_runs import section, summary_of, table_rows
+from report.fixture_runs import eval_records, section, summary_of, table_rows
 from zoft.cli import main
 from zoft.report import write_report
 from zoft.report.text import format_metric
@@ -51,7 +51,9 @@ def test_comparison_table_holds_the_measured_numbers(tmp_path, lora_run, mezo_ru
         assert row["Forward passes"] == str(summary["passes"]["forward"])
         assert row["Backward passes"] == str(summary["passes"]["backward"])
         assert row["Status"] == "completed"
-        assert row["One-class evals"].endswith("of 3")
+        evals = eval_records(run)
+        one_class = sum(record["test/majority_share"] == 1.0 for record in evals)
+        assert len(evals) == 3 and row["One-class evals"] == f"{one_class} of 3"
     assert rows["MeZO (LoRA)"]["Forward passes"] == "12" and rows["MeZO (LoRA)"]["Backward passes"] == "0"
     assert "# MeZO (LoRA)\nzoft train --out " in report  # the exact command that made the run
     assert "loss+" in section(report, "Training dynamics")
