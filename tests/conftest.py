@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from zoft import measure
 from zoft.errors import ZoftError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +24,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class OneSecondClock:
+    """zoft.measure's clock: every reading is one second after the one before, so that every timed section
+    (a training step, an evaluation) takes exactly one second whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture
+def one_second_clock(monkeypatch) -> OneSecondClock:
+    clock = OneSecondClock()
+    monkeypatch.setattr(measure, "time", clock)
+    return clock
 
 
 @pytest.fixture(scope="session")

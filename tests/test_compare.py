@@ -7,7 +7,6 @@ import signal
 import pytest
 import yaml
 
-from zoft import measure
 from zoft.cli import main
 from zoft.compare import forwards_per_step, plan
 from zoft.errors import ZoftError
@@ -64,20 +63,7 @@ def test_compare_runs_each_method_on_identical_data_and_writes_the_report(tmp_pa
     assert stamps == {name: (out / name / "summary.json").stat().st_mtime_ns for name in summaries}
 
 
-class FakeClock:
-    """zoft.measure's clock: every reading is one second after the one before, so that every timed section
-    (a training step, an evaluation) takes exactly one second whatever the machine's speed."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-def test_a_time_budget_stops_each_method_at_the_step_that_spends_it(tmp_path, tiny_run_args, monkeypatch):
-    monkeypatch.setattr(measure, "time", FakeClock())
+def test_a_time_budget_stops_each_method_at_the_step_that_spends_it(tmp_path, tiny_run_args, one_second_clock):
     out = tmp_path / "compare"
     # 0.075 minutes = 4.5 s of training: 4 one-second steps are under it, the 5th spends it
     args = ["compare", "--out", str(out), "--methods", "lora,mezo-lora", "--budget-minutes", "0.075", *tiny_run_args]

@@ -2,11 +2,14 @@
 
 import json
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+import zoft
 from zoft.config import build_config
 from zoft.errors import ZoftError
 from zoft.runs import FINISHED, RUN_ENTRIES, RunFolder, Status, Summary, describe_stop, environment, git_commit
@@ -261,10 +264,21 @@ def test_checkpoint_replaces_the_previous_one(tmp_path):
 # -- provenance ----------------------------------------------------------------------------------------------
 
 
-def test_git_commit():
+def test_git_commit_is_the_source_trees_head():
+    source = Path(zoft.__file__).resolve().parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("zoft is installed outside a git work tree (an sdist or a wheel)")
     commit = git_commit()
-    assert commit is not None
-    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit)
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit) and commit.removesuffix("-dirty") == head.stdout.strip()
+
+
+def test_git_commit_without_git_is_none(monkeypatch):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert git_commit() is None
 
 
 def test_environment():
