@@ -79,3 +79,54 @@ def test_the_ranking_names_the_closest_run_behind_the_best_as_runner_up(tmp_path
     findings = section(write_report(runs, tmp_path / "report").read_text(), "Findings")
     assert ("Best test accuracy: MeZO (LoRA) lr=0.0001, 80.00% (step 6), 5.00 points ahead of MeZO (LoRA) lr=0.003 "
             "(75.00%).") in findings
+
+
+def with_summary(run, **changes):
+    """The run with some of its summary.json's sections changed (a dict section is updated, not replaced)."""
+    summary = summary_of(run)
+    for key, value in changes.items():
+        summary[key] = {**summary[key], **value} if isinstance(value, dict) else value
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_memory_and_time_per_step_are_compared_as_ratios_to_the_lowest(tmp_path, lora_run, mezo_run):
+    with_summary(lora_run, memory={"train_peak_rss_bytes": 900_000_000}, time={"seconds_per_step": 0.05})
+    with_summary(mezo_run, memory={"train_peak_rss_bytes": 300_000_000}, time={"seconds_per_step": 0.02})
+    findings = section(write_report([lora_run, mezo_run], tmp_path / "report").read_text(), "Findings")
+    assert "Peak memory (process RSS): lowest MeZO (LoRA), 300 MB; LoRA 900 MB (3.00×)." in findings
+    assert "Time per step: fastest MeZO (LoRA), 20.0 ms; LoRA 50.0 ms (2.50×)." in findings
+
+
+def test_passes_used_and_budgets_that_differ(tmp_path, lora_run, diverged_run):
+    findings = section(write_report([lora_run, diverged_run], tmp_path / "report").read_text(), "Findings")
+    # LoRA: 6 steps of one forward and one backward, best at its last evaluation (step 6: the scores rise);
+    # the diverged MeZO run: 2 steps of two forwards, best at step 0 (its only evaluation).
+    best_step = summary_of(lora_run)["best"]["step"]
+    assert best_step == 6
+    assert ("Passes used: LoRA 6 forward + 6 backward (best after 6 forward); MeZO (LoRA) 4 forward + 0 backward "
+            "(best after 0 forward).") in findings
+    assert "Budgets differ: LoRA 6 steps, MeZO (LoRA) 2 steps; compare equal steps" in findings
+    equal = section(write_report([lora_run], tmp_path / "alone").read_text(), "Findings")
+    assert "Budgets differ" not in equal
+
+
+def test_runs_with_the_same_best_score_are_tied(tmp_path, lora_run, mezo_run):
+    for run in (lora_run, mezo_run):
+        with_summary(run, best={"test/accuracy": 0.70})
+    findings = section(write_report([lora_run, mezo_run], tmp_path / "report").read_text(), "Findings")
+    assert "Best test accuracy: LoRA, 70.00% (step 6), tied with MeZO (LoRA)." in findings
+    assert "ahead of" not in findings
+
+
+def test_runs_on_different_data_are_flagged(tmp_path, lora_run, mezo_run):
+    config = yaml.safe_load((mezo_run / "config.yaml").read_text())
+    config["data"]["train_limit"] = 32
+    (mezo_run / "config.yaml").write_text(yaml.safe_dump(config))
+    with_summary(mezo_run, data={"sizes": {"train": 31, "validation": 1, "test": 408}})
+    findings = section(write_report([lora_run, mezo_run], tmp_path / "report").read_text(), "Findings")
+    assert ("Not comparable: the runs differ in their data: train size (LoRA 63, MeZO (LoRA) 31); "
+            "train_limit (LoRA 64, MeZO (LoRA) 32).") in findings
+    same = section(write_report([lora_run, copy_run(lora_run, tmp_path / "again")], tmp_path / "same").read_text(),
+                   "Findings")
+    assert "differ in their data" not in same

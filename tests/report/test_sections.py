@@ -123,3 +123,49 @@ def test_the_setup_table_shows_what_each_run_trains_and_bolds_the_differences(tm
     assert rows["LoRA"]["lr"].startswith("**") and rows["MeZO (LoRA)"]["lr"] == "**0.0001**"  # the methods' own
     assert rows["MeZO (LoRA)"]["Trainable set"].startswith("LoRA r8 (default modules), ")
     assert "Not like for like" not in section(report, "Findings")
+
+
+def rewrite_records(run, change) -> None:
+    """Apply `change` to each of the run's metrics.jsonl records (a dict, changed in place)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        change(record)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_loss_std_is_the_sample_std_of_the_last_tenth_of_logged_steps(tmp_path, lora_run):
+    # 6 logged steps: the last 10% rounds up to 1, and at least 2 are taken: steps 5 and 6, losses 1 and 3.
+    # Their sample std is sqrt(2) = 1.4142 (their population std, and the sample std of all six steps: 1.0).
+    losses = {5: 1.0, 6: 3.0}
+    rewrite_records(lora_run, lambda r: r.update(loss=losses.get(r["step"], 0.5)) if r["kind"] == "train" else None)
+    row = table_rows(section(write_report([lora_run], tmp_path / "report").read_text(), "Comparison"))[0]
+    assert row["Loss std (last 10%)"] == "1.4142"
+
+
+def test_projected_gradient_statistics_and_outliers(tmp_path, mezo_run):
+    # g = 1 at steps 1-5 and -20 at step 6: mean -2.5, population std sqrt(405/6 - 6.25) = 7.8262, mean |g|
+    # 25/6 = 4.1667; |g| = 20 is above 5x the median |g| (1), so 1 step of 6 (16.7%) is an outlier.
+    def change(record):
+        if record["kind"] == "train":
+            record["projected_grad"] = -20.0 if record["step"] == 6 else 1.0
+            record["loss_plus"] = 9.0 if record["step"] == 3 else 0.5
+
+    rewrite_records(mezo_run, change)
+    dynamics = section(write_report([mezo_run], tmp_path / "report").read_text(), "Training dynamics")
+    [row] = table_rows(dynamics[dynamics.index("\n| Run | mean g"):])
+    assert row == {"Run": "MeZO (LoRA)", "mean g": "-2.5000", "std g": "7.8262", "mean abs(g)": "4.1667",
+                   "outlier steps": "16.7%", "highest loss± (step)": "9.0000 (step 3)"}
+
+
+def test_a_long_evaluation_table_is_spread_over_the_run(tmp_path, lora_run):
+    records = [json.loads(line) for line in (lora_run / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [r for r in records if r["kind"] == "eval"][-1]
+    records += [{**last_eval, "step": step} for step in range(7, 104)]  # 3 + 97 = 100 evaluations
+    (lora_run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    dynamics = section(write_report([lora_run], tmp_path / "report").read_text(), "Training dynamics")
+    steps = [int(row["Step"]) for row in table_rows(dynamics)]
+    assert len(steps) == 40 and steps[0] == 0 and steps[-1] == 103 and steps == sorted(set(steps))
+    assert "40 of 100 evaluation steps shown, spread over the run" in dynamics
+    short = section(write_report([write_run(tmp_path / "short")], tmp_path / "short-report").read_text(),
+                    "Training dynamics")
+    assert [row["Step"] for row in table_rows(short)] == ["0", "3", "6"] and "steps shown" not in short
