@@ -86,3 +86,26 @@ def test_cls_pooling_reads_the_first_token_state(tiny_bert, tokenizer):
         mean = pooled(tiny_bert, pooling="mean", separate=False).features(**batch)
     torch.testing.assert_close(features, states[:, 0])
     assert not torch.allclose(features, mean)
+
+
+def test_a_pooled_model_with_a_full_backbone_reloads_its_trained_weights(tmp_path, tiny_bert, tokenizer):
+    # Full fine-tuning saves the whole encoder (no adapter): the reload must read the saved encoder, not
+    # the base model, so the encoder is moved off its pretrained weights first.
+    model = pooled(tiny_bert, pooling="cls", separate=True)
+    with torch.no_grad():
+        for parameter in model.backbone.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    model.save_pretrained(tmp_path / "model")
+    assert not (tmp_path / "model" / "backbone" / "adapter_config.json").exists()
+    reloaded = PooledClassifier.from_pretrained(tmp_path / "model", base_model=tiny_bert).eval()
+    assert (reloaded.pooling, reloaded.separate_pairs) == ("cls", True)
+    batch = collate(encode(PAIRS, tokenizer, 32, separate_pairs=True).features, tokenizer)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
+        assert not torch.allclose(pooled(tiny_bert, pooling="cls").backbone(**batch_inputs(batch)).last_hidden_state,
+                                  reloaded.backbone(**batch_inputs(batch)).last_hidden_state)
+
+
+def batch_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids")}
