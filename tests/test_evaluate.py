@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from zoft.config import ModelConfig
-from zoft.data.batches import encode
+from zoft.data import batches as batches_module
+from zoft.data.batches import EncodedSplit, encode
 from zoft.data.sources import Examples
 from zoft.data.tasks import get_task
 from zoft.evaluate import SplitResult, evaluate_split, majority_share
@@ -84,6 +85,30 @@ def test_batch_size_does_not_change_predictions_or_order(tiny_model, encoded):
             for feature in encoded.features
         ])
     assert torch.allclose(one.logits, alone, atol=1e-4)
+
+
+def test_a_split_is_collated_once_and_evaluated_again_from_its_kept_batches(tiny_model, encoded, monkeypatch):
+    model, tokenizer = tiny_model
+    task = get_task("mrpc")
+    collated: list[int] = []
+    collate = batches_module.collate
+
+    def counting_collate(features, tokenizer):
+        collated.append(len(features))
+        return collate(features, tokenizer)
+
+    monkeypatch.setattr(batches_module, "collate", counting_collate)
+    split = EncodedSplit(list(encoded.features))  # a fresh split: nothing kept from the other tests
+    first = evaluate_split(model, split, tokenizer, task, 4, CPU)
+    assert collated == [4, 4, 3]
+    second = evaluate_split(model, split, tokenizer, task, 4, CPU)
+    assert collated == [4, 4, 3]  # nothing collated again
+    assert torch.equal(first.logits, second.logits) and second.labels.tolist() == LABELS
+    # the kept batches still hold their labels: an evaluation reads them without taking them out
+    assert all("labels" in batch for batch in split.length_sorted(tokenizer, 4).batches)
+    other = evaluate_split(model, split, tokenizer, task, 5, CPU)  # another batch size collates afresh
+    assert collated == [4, 4, 3, 5, 5, 1]
+    assert torch.allclose(first.logits, other.logits, atol=1e-4) and other.labels.tolist() == LABELS
 
 
 def test_metrics_match_compute_metrics(tiny_model, encoded):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from zoft.data.batches import EncodedSplit, eval_batches, to_device
+from zoft.data.batches import Batch, EncodedSplit, to_device
 from zoft.data.tasks import TaskSpec
 from zoft.metrics import compute_metrics
 
@@ -34,12 +35,16 @@ class SplitResult:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, batches, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(model: nn.Module, batches: Iterable[Batch], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of `batches`, which are left as they are (a split's batches are kept between
+    evaluations); the labels stay out of the forward, so that no loss is computed."""
     model.eval()
     logits, labels = [], []
     for batch in batches:
-        labels.append(batch.pop("labels"))
-        logits.append(model(**to_device(batch, device)).logits.float().cpu())
+        labels.append(batch["labels"])
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        logits.append(model(**to_device(inputs, device)).logits.float().cpu())
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -51,12 +56,9 @@ def majority_share(predictions: torch.Tensor) -> float:
 def evaluate_split(model: nn.Module, encoded: EncodedSplit, tokenizer: Any, task: TaskSpec, batch_size: int,
                    device: torch.device) -> SplitResult:
     # Batches of similar length waste little on padding; the results are put back in the split's order.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded.features[i]["input_ids"]))
-    by_length = EncodedSplit([encoded.features[i] for i in order])
-    logits, labels = predict_logits(model, eval_batches(by_length, tokenizer, batch_size), device)
-    restore = torch.empty(len(order), dtype=torch.long)
-    restore[torch.tensor(order)] = torch.arange(len(order))
-    logits, labels = logits[restore], labels[restore]
+    by_length = encoded.length_sorted(tokenizer, batch_size)
+    logits, labels = predict_logits(model, by_length.batches, device)
+    logits, labels = logits[by_length.restore], labels[by_length.restore]
     result = SplitResult(metrics={}, logits=logits, labels=labels)
     result.metrics = compute_metrics(task, result.predictions.tolist(), labels.tolist())
     if not task.is_regression:
