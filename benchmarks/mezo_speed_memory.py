@@ -108,11 +108,13 @@ def interleaved_samples(steps: dict[str, Callable[[], object]], repeats: int,
     return samples
 
 
-def print_profile(variant: str, args: argparse.Namespace, device: torch.device) -> None:
-    """torch.profiler's busiest operators over `--repeats` steps of one variant (after one warm-up step)."""
+def print_profile(variant: str, args: argparse.Namespace, device: torch.device,
+                  build: Callable[..., tuple[Callable[[], object], object]] = setup) -> None:
+    """torch.profiler's busiest operators over `--repeats` steps of one variant (after one warm-up step); `build`
+    as for measure_peak_memory."""
     from torch.profiler import ProfilerActivity, profile
 
-    step, _ = setup(variant, args, device)
+    step, _ = build(variant, args, device)
     step()
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device.type == "cuda" else [])]
     with profile(activities=activities) as profiler:

@@ -220,6 +220,9 @@ def test_null_clears_an_optional_key():
         ({"validation_fraction": "0"}, "validation_fraction"),
         ({"warmup_ratio": "1"}, "warmup_ratio"),
         ({"method": "mezo", "momentum": "1"}, "momentum"),
+        ({"method": "mezo", "perturbation_density": "0"}, "perturbation_density"),
+        ({"method": "mezo", "perturbation_density": "1.5"}, "perturbation_density"),
+        ({"method": "mezo", "perturbation": "uniform"}, "perturbation"),
         ({"text_columns": "a,b,c"}, "text_columns"),
         ({"task": "stsb", "head": "prompt"}, "head"),  # before any data is read
     ],
@@ -237,7 +240,7 @@ def keys_with(rule):
 def test_each_constrained_key_declares_its_rule_next_to_its_field():
     assert set(keys_with(POSITIVE)) == {
         "lr", "eps", "n_perturbations", "grad_accumulation", "batch_size", "eval_batch_size", "eval_every",
-        "log_every", "max_length", "lora_r", "lora_alpha", "svrg_every",
+        "log_every", "max_length", "lora_r", "lora_alpha", "svrg_every", "perturbation_rank",
     }
     assert set(keys_with(OPTIONAL_POSITIVE)) == {
         "steps", "epochs", "train_limit", "k_shot", "test_limit", "max_minutes", "max_forward_passes",

@@ -37,7 +37,10 @@ def keep_checkpoints(monkeypatch):
     ["--method", "mezo", "--params", "all", "--weight-decay", "0.1"],
     ["--method", "mezo", "--params", "lora", "--momentum", "0.9", "--n-perturbations", "2",
      "--n-perturbations-final", "3", "--weight-decay", "0.1", "--cache-z", "true"],
-], ids=["mezo-lora", "mezo-all-decay", "momentum-n-spsa-schedule"])
+    ["--method", "mezo", "--params", "all", "--perturbation", "lowrank", "--perturbation-rank", "2", "--momentum",
+     "0.9"],
+    ["--method", "mezo", "--params", "all", "--perturbation", "sparse", "--perturbation-density", "0.1"],
+], ids=["mezo-lora", "mezo-all-decay", "momentum-n-spsa-schedule", "lowrank-momentum", "sparse"])
 def test_replay_equals_the_saved_tensors_bit_for_bit(tmp_path, tiny_run_args, keep_checkpoints, options, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), *tiny_run_args, *options, "--checkpoint-every", "3"]) == 0

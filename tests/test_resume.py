@@ -47,6 +47,13 @@ CASES = {
     "mezo-momentum": Case(("--method", "mezo", "--lr", "1e-3", "--momentum", "0.9", "--weight-decay", "0.1"),
                           saved=("optimizer",)),
     "mezo-n-spsa-schedule": Case(("--method", "mezo", "--lr", "1e-3", "--n-perturbations-final", "3")),
+    # z drawn again from each step's seed by the configured distribution after the resume, as before it
+    "mezo-lowrank": Case(("--method", "mezo", "--lr", "1e-3", "--perturbation", "lowrank", "--perturbation-rank",
+                          "2")),
+    # density 0.9: a small adapter spans one or two 64-number blocks of its bucket, left out of a step with
+    # chance about 1 - density, and every tensor must have moved by the resume point (at 0.2 one had not)
+    "mezo-sparse": Case(("--method", "mezo", "--lr", "1e-3", "--perturbation", "sparse", "--perturbation-density",
+                         "0.9")),
     # snapshots at steps 1, 4 and 7: the stop resumes between snapshots (θ̄ and g from the checkpoint), the crash
     # before one; the large batch draws from the training stream, and n-SPSA grows on SVRG's step count
     "mezo-svrg-n-spsa-schedule": Case(("--method", "mezo", "--lr", "1e-3", "--zo-estimator", "svrg", "--svrg-every",

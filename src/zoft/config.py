@@ -56,6 +56,7 @@ OPTIONAL_POSITIVE = _rule(lambda value: value is None or value > 0, "must be > 0
 NON_NEGATIVE = _rule(lambda value: value is None or value >= 0, "must be >= 0")
 FRACTION = _rule(lambda value: 0 < value < 1, "must be between 0 and 1")
 RATIO = _rule(lambda value: 0 <= value < 1, "must be in [0, 1)")
+DENSITY = _rule(lambda value: 0 < value <= 1, "must be in (0, 1]")
 
 
 def _params_pattern(value: str | None) -> str | None:
@@ -237,6 +238,20 @@ class MethodConfig:
         default="zo",
     )
     head_lr: float = option("mezo with head_grad=exact: the head's AdamW learning rate", default=1e-3)
+    perturbation: Literal["gaussian", "lowrank", "sparse"] = option(
+        "mezo: the distribution of the random direction z: gaussian, MeZO's N(0, I); lowrank, LOZO's U V^T / "
+        "sqrt(perturbation_rank) per weight matrix (r(m+n) numbers drawn instead of mn; biases and norms stay "
+        "Gaussian); sparse, N(0, 1) / sqrt(p) on a random share perturbation_density of each bucket's 64-number "
+        "blocks, 0 elsewhere, redrawn every step. All three have the same covariance (the identity), so lr and eps "
+        "keep their meaning; all are drawn again from the step's seed (replay and resume work alike)",
+        default="gaussian",
+    )
+    perturbation_rank: int = option("perturbation=lowrank: the rank r of each matrix's z", default=4,
+                                    check=POSITIVE)
+    perturbation_density: float = option(
+        "perturbation=sparse: the share of the trained numbers perturbed each step, in blocks of 64",
+        default=0.25, check=DENSITY,
+    )
     cache_z: bool = option(
         "mezo: keep each step's random direction z in memory for the step's later passes instead of drawing it "
         "again from its seed (the same numbers bit for bit, faster where drawing z is a large part of a step, as "
@@ -250,7 +265,11 @@ class MethodConfig:
     )
 
     def check(self) -> None:
-        """Refuse keys of this section that do not work together: those zo_estimator=svrg rules out."""
+        """Refuse keys of this section that do not work together: a perturbation for backprop, and those
+        zo_estimator=svrg rules out."""
+        if self.perturbation != "gaussian" and self.method != "mezo":
+            raise ZoftError(f"config key 'perturbation': {self.perturbation} applies to method mezo only, not to "
+                            f"'{self.method}'")
         if self.zo_estimator != "svrg":
             return
         if self.method != "mezo":

@@ -13,7 +13,7 @@ from zoft.cli import main
 from zoft.config import MethodConfig
 from zoft.methods import build_method
 from zoft.methods.zeroth_order import SnapshotBatches, ZerothOrder, build_zo_optimizer, mean_loss, trajectory_refusal
-from zoft.optim import LinearSchedule, ZerothOrderSGD, ZerothOrderSVRG, decay_param_groups
+from zoft.optim import Gaussian, LinearSchedule, LowRank, Sparse, ZerothOrderSGD, ZerothOrderSVRG, decay_param_groups
 
 TIMING_FIELDS = {"step_seconds", "train_seconds", "eval_seconds"}
 
@@ -73,6 +73,7 @@ def test_the_perturbation_schedule_sets_the_forwards_per_step(tmp_path, tiny_run
          "at least"),
         (["--method", "mezo", "--svrg-every", "0"], "svrg_every"),
         (["--method", "mezo", "--n-perturbations-final", "0"], "n_perturbations_final"),
+        (["--method", "lora", "--perturbation", "lowrank"], "'perturbation': lowrank applies to method mezo"),
     ],
 )
 def test_svrg_settings_that_cannot_work_are_refused(tmp_path, capsys, options, message):
@@ -178,6 +179,12 @@ def test_build_zo_optimizer_follows_the_estimator_and_the_schedule() -> None:
     assert isinstance(svrg, ZerothOrderSVRG) and svrg.q == 7 and svrg.param_groups[0]["lr_full"] == 0.5
     spsa = build_zo_optimizer(groups, zo_config(n_perturbations=1, n_perturbations_final=4), 10, seed=0)
     assert isinstance(spsa, ZerothOrderSGD) and spsa.n_perturbations == LinearSchedule(1, 4, 10)
+    assert spsa.perturbation == Gaussian()
+    low_rank = build_zo_optimizer(groups, zo_config(perturbation="lowrank", perturbation_rank=3), 10, seed=0)
+    assert low_rank.perturbation == LowRank(rank=3)
+    sparse = build_zo_optimizer(groups, zo_config(zo_estimator="svrg", perturbation="sparse",
+                                                  perturbation_density=0.1), 10, seed=0)
+    assert isinstance(sparse, ZerothOrderSVRG) and sparse.perturbation == Sparse(density=0.1)
 
 
 # The exact head (head_grad=exact): the classifier trained by AdamW on the features of the perturbed forwards.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable
 
 import pytest
@@ -11,9 +12,22 @@ import torch
 from torch import Tensor, nn
 
 from zoft import trajectory
-from zoft.optim import NonFiniteLossError, ZerothOrderSGD, ZerothOrderSVRG, ZOStepStats, decay_param_groups
+from zoft.optim import (
+    Gaussian,
+    LowRank,
+    NonFiniteLossError,
+    Perturbation,
+    Sparse,
+    ZerothOrderSGD,
+    ZerothOrderSVRG,
+    ZOStepStats,
+    decay_param_groups,
+)
 
 FLOAT32_ULP = torch.finfo(torch.float32).eps
+# The perturbation distributions (section 12); the tests of resume and of the estimator run on each.
+DISTRIBUTIONS = [Gaussian(), LowRank(rank=2), Sparse(density=0.5)]
+DISTRIBUTION_IDS = ["gaussian", "lowrank", "sparse"]
 
 
 def replay_z(params: list[Tensor], seed: int) -> list[Tensor]:
@@ -427,13 +441,15 @@ def test_closure_exception_restores_parameters() -> None:
     assert_within_ulps(quadratic.x.detach(), start)
 
 
-def test_state_dict_round_trip_resumes_identically() -> None:
+@pytest.mark.parametrize("perturbation", DISTRIBUTIONS, ids=DISTRIBUTION_IDS)
+def test_state_dict_round_trip_resumes_identically(perturbation: Perturbation) -> None:
     inputs, labels = separable_data()
 
     def fresh(seed: int) -> tuple[nn.Module, ZerothOrderSGD]:
         model = tiny_mlp()
         groups = decay_param_groups(model.named_parameters(), weight_decay=0.1)
-        return model, ZerothOrderSGD(groups, lr=1e-2, momentum=0.9, n_perturbations=2, seed=seed)
+        return model, ZerothOrderSGD(groups, lr=1e-2, momentum=0.9, n_perturbations=2, seed=seed,
+                                     perturbation=perturbation)
 
     model, optimizer = fresh(seed=0)
     for _ in range(3):
@@ -681,3 +697,218 @@ def test_replay_needs_one_projected_gradient_per_seed() -> None:
     optimizer = ZerothOrderSGD(tiny_mlp().parameters())
     with pytest.raises(ValueError, match="one projected gradient per seed"):
         optimizer.replay([1, 2], [0.5])
+
+
+# 12. Low-rank (LOZO) and sparse perturbations: the estimator each claims, z rebuilt from the documented
+# contract by an implementation of its own.
+
+
+def low_rank_z(params: list[Tensor], seed: int, rank: int) -> list[Tensor]:
+    """LowRank's z for a seed, from its contract: walking the parameters in order on one generator, a matrix
+    (m, n) draws randn(rank (m + n)), U its first m rank numbers as (m, rank), V the rest as (n, rank), and
+    z = U V^T / sqrt(rank); any other parameter draws randn of its shape (each within one slice here)."""
+    generator = torch.Generator().manual_seed(seed)
+    zs = []
+    for param in params:
+        if param.dim() != 2:
+            zs.append(torch.randn(param.shape, generator=generator))
+            continue
+        rows, columns = param.shape
+        drawn = torch.randn(rank * (rows + columns), generator=generator)
+        left, right = drawn[: rows * rank].reshape(rows, rank), drawn[rows * rank :].reshape(columns, rank)
+        zs.append(left @ right.T / math.sqrt(rank))
+    return zs
+
+
+def sparse_z(params: list[Tensor], seed: int, density: float) -> list[Tensor]:
+    """Sparse's z for a seed, from its contract, for parameters that fit one bucket: the bucket's N numbers in
+    blocks of 64 (the last shorter), randperm over the blocks, the first k = max(1, round(density blocks))
+    chosen, then randn(k, 64) for them, scaled by 1 / sqrt(k / blocks); the rest 0."""
+    generator = torch.Generator().manual_seed(seed)
+    numel = sum(p.numel() for p in params)
+    blocks = -(-numel // 64)
+    chosen = min(blocks, max(1, round(density * blocks)))
+    picked = torch.randperm(blocks, generator=generator)[:chosen]
+    values = torch.randn(chosen, 64, generator=generator) / math.sqrt(chosen / blocks)
+    flat = torch.zeros(blocks, 64)
+    for row, block in enumerate(picked.tolist()):
+        flat[block] = values[row]
+    flat = flat.flatten()[:numel]
+    return [z.view(p.shape) for z, p in zip(flat.split([p.numel() for p in params]), params, strict=True)]
+
+
+class MatrixQuadratic:
+    """f(X) = 0.5 vec(X - C)^T A vec(X - C) over a matrix X, so that a low-rank z has a matrix to act on."""
+
+    def __init__(self, rows: int = 12, columns: int = 10, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        dim = rows * columns
+        root = torch.randn(dim, dim, generator=generator)
+        self.matrix = root @ root.T / dim + torch.eye(dim)
+        self.centre = torch.randn(dim, generator=generator)
+        self.x = nn.Parameter(torch.randn(rows, columns, generator=generator))
+
+    def loss(self) -> Tensor:
+        offset = self.x.flatten() - self.centre
+        return 0.5 * offset @ self.matrix @ offset
+
+    def gradient(self) -> Tensor:
+        return (self.matrix @ (self.x.detach().flatten() - self.centre)).view(self.x.shape)
+
+
+@pytest.mark.parametrize("perturbation", DISTRIBUTIONS, ids=DISTRIBUTION_IDS)
+def test_each_distribution_gives_the_gradient_in_the_mean(perturbation: Perturbation) -> None:
+    """E[vec(z) vec(z)^T] = I for each: the mean update -(g z) tends to the true gradient with its scale.
+    A low-rank z without its 1 / sqrt(rank), or a sparse one without its 1 / sqrt(p), would give a mean
+    rank or p times the gradient (norm ratio 2 or 0.5 here), which the ratio check refuses."""
+    quadratic = MatrixQuadratic()
+    start = quadratic.x.detach().clone()
+    true_gradient = quadratic.gradient().flatten()
+    optimizer = ZerothOrderSGD([quadratic.x], lr=1.0, eps=1e-3, seed=0, perturbation=perturbation)
+    total = torch.zeros_like(start)
+    samples = 3000
+    for _ in range(samples):
+        optimizer.step(quadratic.loss)
+        total += start - quadratic.x.detach()
+        with torch.no_grad():
+            quadratic.x.copy_(start)
+    mean = (total / samples).flatten()
+    assert cosine(mean, true_gradient) > 0.95
+    assert mean.norm() / true_gradient.norm() == pytest.approx(1.0, abs=0.15)
+
+
+def test_low_rank_update_is_minus_lr_g_z_with_z_rebuilt_from_the_seed() -> None:
+    """Matrices tiled into blocks of rows and a matrix whose rows are over the bound (cut within a row) draw
+    their factors once for the whole matrix: z is the contract's, whatever max_chunk_numel is."""
+    params = [nn.Parameter(torch.randn(10, 4)), nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(2, 20))]
+    start = snapshot(params)
+    target = [torch.randn(p.shape) for p in params]
+    lr = 1e-3
+    for max_chunk_numel in (10**6, 12):
+        with torch.no_grad():
+            for param, value in zip(params, start, strict=True):
+                param.copy_(value)
+        optimizer = ZerothOrderSGD(params, lr=lr, eps=1e-3, seed=5, max_chunk_numel=max_chunk_numel,
+                                   perturbation=LowRank(rank=3))
+        stats = optimizer.step(lambda: sum(((p - t) ** 2).sum() for p, t in zip(params, target, strict=True)))
+        for param, before, z in zip(params, start, low_rank_z(params, stats.seeds[0], rank=3), strict=True):
+            assert_within_ulps(param.detach(), before.add(z, alpha=-lr * stats.projected_grad), ulps=16)
+
+
+def test_a_low_rank_update_has_rank_at_most_r_and_a_gaussian_one_full_rank() -> None:
+    ranks = {}
+    for name, perturbation in (("lowrank", LowRank(rank=3)), ("gaussian", Gaussian())):
+        matrix = nn.Parameter(torch.randn(20, 16))
+        start = matrix.detach().clone()
+        target = torch.randn(20, 16)
+        optimizer = ZerothOrderSGD([matrix], lr=1.0, seed=1, perturbation=perturbation)
+        optimizer.step(lambda: ((matrix - target) ** 2).sum())  # noqa: B023 - called at once, in this iteration
+        # The perturb-and-restore passes leave float32 rounding (~1e-7) in every entry, full rank; the
+        # update's own singular values are ~1e5 times larger.
+        ranks[name] = int(torch.linalg.matrix_rank((matrix.detach() - start).double(), rtol=1e-4))
+    assert ranks == {"lowrank": 3, "gaussian": 16}
+
+
+def test_the_sparse_mask_has_its_density_and_is_the_same_in_every_pass_and_in_the_replay() -> None:
+    """A bucket of 1,320 numbers (a 32 x 40 matrix and a 40 vector): 21 blocks, the last of 40 numbers;
+    density 0.25 chooses round(5.25) = 5 of them. Parameters start at 0, so each pass's displacement is
+    exactly eps z (or its multiple) where z is not 0 and exactly 0 elsewhere."""
+    params = [nn.Parameter(torch.zeros(32, 40)), nn.Parameter(torch.zeros(40))]
+    target = [torch.randn(p.shape) for p in params]
+    masks: list[list[Tensor]] = []
+
+    def loss() -> Tensor:
+        masks.append([p.detach() != 0 for p in params])  # at +eps z, then at -eps z
+        return sum(((p - t) ** 2).sum() for p, t in zip(params, target, strict=True))
+
+    lr, eps = 1e-2, 1e-3
+    optimizer = ZerothOrderSGD(params, lr=lr, eps=eps, seed=3, perturbation=Sparse(density=0.25))
+    stats = optimizer.step(loss)
+    masks.append([p.detach() != 0 for p in params])  # the update, -lr g z
+    expected = sparse_z(params, stats.seeds[0], density=0.25)
+    for param, z in zip(params, expected, strict=True):
+        assert_within_ulps(param.detach(), -lr * stats.projected_grad * z)
+
+    replayed = [nn.Parameter(torch.zeros(p.shape)) for p in params]
+    ZerothOrderSGD(replayed, lr=lr, eps=eps, seed=99, perturbation=Sparse(density=0.25)).replay(
+        stats.seeds, stats.projected_grads)
+    masks.append([p.detach() != 0 for p in replayed])
+    assert all(torch.equal(a, b) for a, b in zip(params, replayed, strict=True))
+
+    expected_mask = [z != 0 for z in expected]
+    chosen = sum(int(mask.sum()) for mask in expected_mask)
+    assert len(masks) == 4
+    for mask in masks:
+        assert all(torch.equal(a, b) for a, b in zip(mask, expected_mask, strict=True))
+    # 5 whole blocks of 64, or 4 and the 40-number last block.
+    assert chosen in (5 * 64, 4 * 64 + 40)
+    block_of = torch.arange(1320) // 64
+    hit_blocks = torch.unique(block_of[torch.cat([m.flatten() for m in expected_mask])])
+    assert len(hit_blocks) == 5
+
+
+@pytest.mark.parametrize("perturbation", DISTRIBUTIONS[1:], ids=DISTRIBUTION_IDS[1:])
+def test_cache_and_replay_reproduce_each_distribution_bit_for_bit(perturbation: Perturbation) -> None:
+    """Momentum, decay groups, two perturbations a step, several buckets (max_chunk_numel 10 cuts the first
+    layer's rows apart): z cached or regenerated gives the same run, and replay rebuilds it."""
+    inputs, labels = separable_data()
+    start = snapshot(list(tiny_mlp().parameters()))
+
+    def optimizer_of(model: nn.Module, cache_z: bool, seed: int) -> ZerothOrderSGD:
+        return ZerothOrderSGD(decay_param_groups(model.named_parameters(), weight_decay=0.1), lr=1e-2,
+                              momentum=0.5, n_perturbations=2, max_chunk_numel=10, cache_z=cache_z, seed=seed,
+                              perturbation=perturbation)
+
+    runs = []
+    for cache_z in (False, True):
+        model = tiny_mlp()
+        optimizer = optimizer_of(model, cache_z, seed=4)
+        stats = [optimizer.step(classification_loss(model, inputs, labels)) for _ in range(3)]
+        runs.append((stats, snapshot(list(model.parameters()))))
+    (plain_stats, plain_params), (cached_stats, cached_params) = runs
+    assert cached_stats == plain_stats
+    assert all(torch.equal(a, b) for a, b in zip(plain_params, cached_params, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(plain_params, start, strict=True))
+
+    rebuilt = tiny_mlp()
+    replayer = optimizer_of(rebuilt, cache_z=False, seed=99)
+    for step in plain_stats:
+        replayer.replay(step.seeds, step.projected_grads)
+    assert all(torch.equal(a, b) for a, b in zip(plain_params, rebuilt.parameters(), strict=True))
+
+
+def test_a_state_dict_of_another_distribution_is_refused_and_an_old_one_is_gaussian() -> None:
+    model = tiny_mlp()
+    low_rank = ZerothOrderSGD(model.parameters(), perturbation=LowRank(rank=2)).state_dict()
+    for other in (Gaussian(), LowRank(rank=3), Sparse()):
+        with pytest.raises(ValueError, match=re.escape("drawing {'kind': 'lowrank', 'rank': 2}")):
+            ZerothOrderSGD(model.parameters(), perturbation=other).load_state_dict(low_rank)
+    old = ZerothOrderSGD(model.parameters()).state_dict()
+    del old["zeroth_order_perturbation"]  # a checkpoint written before the distributions existed
+    ZerothOrderSGD(model.parameters()).load_state_dict(old)
+    with pytest.raises(ValueError, match=re.escape("drawing {'kind': 'gaussian'}")):
+        ZerothOrderSGD(model.parameters(), perturbation=Sparse()).load_state_dict(old)
+
+
+def test_distribution_parameters_are_checked() -> None:
+    with pytest.raises(ValueError, match="rank >= 1"):
+        LowRank(rank=0)
+    for density in (0.0, 1.5):
+        with pytest.raises(ValueError, match="density in"):
+            Sparse(density=density)
+
+
+@pytest.mark.parametrize("perturbation", DISTRIBUTIONS[1:], ids=DISTRIBUTION_IDS[1:])
+def test_svrg_draws_the_same_distribution(perturbation: Perturbation) -> None:
+    """The snapshot step moves by -lr_full g z with the distribution's z (rebuilt from its contract)."""
+    matrix = nn.Parameter(torch.zeros(8, 16))
+    start = matrix.detach().clone()
+    target = torch.randn(8, 16)
+    lr_full = 1e-2
+    optimizer = ZerothOrderSVRG([matrix], lr=1e-3, lr_full=lr_full, q=2, seed=2, perturbation=perturbation)
+    stats = optimizer.step(full_closure=lambda: ((matrix - target) ** 2).sum())
+    if isinstance(perturbation, LowRank):
+        (z,) = low_rank_z([matrix], stats.seeds[0], rank=perturbation.rank)
+    else:
+        (z,) = sparse_z([matrix], stats.seeds[0], density=perturbation.density)
+    assert_within_ulps(matrix.detach(), start - lr_full * stats.projected_grad * z, ulps=16)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoft import trajectory
+from zoft import optim, trajectory
 from zoft.config import MethodConfig
 from zoft.heads import classification_loss
 from zoft.methods.common import (
@@ -51,19 +51,31 @@ def trajectory_refusal(cfg: MethodConfig) -> str | None:
     return None
 
 
+def perturbation_of(cfg: MethodConfig) -> optim.Perturbation:
+    """The distribution of z that `cfg` asks for."""
+    if cfg.perturbation == "lowrank":
+        return optim.LowRank(rank=cfg.perturbation_rank)
+    if cfg.perturbation == "sparse":
+        return optim.Sparse(density=cfg.perturbation_density)
+    return optim.Gaussian()
+
+
 def build_zo_optimizer(groups: list[dict], cfg: MethodConfig, total_steps: int,
                        seed: int) -> ZerothOrderSGD | ZerothOrderSVRG:
     """The optimiser that `cfg` asks for, with n-SPSA growing linearly over the run when
-    `n_perturbations_final` is set (the optimiser's state dict keeps the step count: resumable)."""
+    `n_perturbations_final` is set (the optimiser's state dict keeps the step count: resumable), drawing z
+    from the configured distribution (which `zoft replay` rebuilds from the run's config alike)."""
     n_perturbations = (
         cfg.n_perturbations if cfg.n_perturbations_final is None
         else LinearSchedule(cfg.n_perturbations, cfg.n_perturbations_final, total_steps)
     )
+    perturbation = perturbation_of(cfg)
     if cfg.zo_estimator == "svrg":
         return ZerothOrderSVRG(groups, lr=cfg.lr, lr_full=cfg.svrg_lr_full, eps=cfg.eps, q=cfg.svrg_every,
-                               n_perturbations=n_perturbations, seed=seed, cache_z=cfg.cache_z)
+                               n_perturbations=n_perturbations, seed=seed, cache_z=cfg.cache_z,
+                               perturbation=perturbation)
     return ZerothOrderSGD(groups, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum, n_perturbations=n_perturbations,
-                          seed=seed, cache_z=cfg.cache_z)
+                          seed=seed, cache_z=cfg.cache_z, perturbation=perturbation)
 
 
 def mean_loss(model: nn.Module, batches: list[Batch], weights: list[float]) -> torch.Tensor:

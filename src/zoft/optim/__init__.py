@@ -1,8 +1,12 @@
 """Optimisers that know tensors and closures only: nothing of tasks, models or configs."""
 
 from zoft.optim.zeroth_order import (
+    Gaussian,
     LinearSchedule,
+    LowRank,
     NonFiniteLossError,
+    Perturbation,
+    Sparse,
     ZerothOrderSGD,
     ZOStepStats,
     decay_param_groups,
@@ -10,9 +14,13 @@ from zoft.optim.zeroth_order import (
 from zoft.optim.zo_svrg import SVRGStepStats, ZerothOrderSVRG
 
 __all__ = [
+    "Gaussian",
     "LinearSchedule",
+    "LowRank",
     "NonFiniteLossError",
+    "Perturbation",
     "SVRGStepStats",
+    "Sparse",
     "ZOStepStats",
     "ZerothOrderSGD",
     "ZerothOrderSVRG",

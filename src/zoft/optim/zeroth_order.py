@@ -29,12 +29,14 @@ from torch import Tensor
 
 from zoft import trajectory
 
-__all__ = ["LinearSchedule", "NonFiniteLossError", "ZOStepStats", "ZerothOrderSGD", "decay_param_groups"]
+__all__ = ["Gaussian", "LinearSchedule", "LowRank", "NonFiniteLossError", "Perturbation", "Sparse", "ZOStepStats",
+           "ZerothOrderSGD", "decay_param_groups"]
 
 # Below 2**53 so that every seed survives a round trip through JSON readers that use doubles.
 _SEED_BOUND = 2**53
 _SEED_GENERATOR_KEY = "zeroth_order_seed_generator"
 _STEPS_KEY = "zeroth_order_steps_taken"
+_PERTURBATION_KEY = "zeroth_order_perturbation"
 _NORM_NAME_MARKERS = ("layernorm", "layer_norm", "norm.")
 # 4 MB of float32 z at most: a GPU pass stays bound by memory bandwidth, not kernel launches, well below
 # this, and the transient stays small next to the weights of even a small model (MiniLM: 87 MB).
@@ -135,11 +137,104 @@ def _is_exempt_from_decay(name: str, param: Tensor) -> bool:
 @dataclass(frozen=True)
 class _Slice:
     """A view into one trainable parameter, small enough to draw its z in one go, with the matching views
-    of the optimiser's state tensors for that parameter (momentum, snapshot, ...), by state key."""
+    of the optimiser's state tensors for that parameter (momentum, snapshot, ...), by state key.
+    ``whole`` is the parameter the view is cut from and ``index`` the view's place in it
+    (``whole[index]`` is ``param``): a low-rank z is drawn for the whole matrix, then cut alike."""
 
     param: Tensor
     group: dict[str, Any]
     buffers: dict[str, Tensor]
+    whole: Tensor
+    index: tuple[int | slice, ...]
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """z ~ N(0, I) over all trainable numbers: the MeZO paper's perturbation, and the default.
+
+    Per bucket (see :class:`ZerothOrderSGD`'s contract) one flat ``torch.randn`` of the bucket's size."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a state dict records of the distribution, to refuse resuming under another one."""
+        return {"kind": "gaussian"}
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """LOZO's low-rank perturbation (Chen et al. 2024): per 2-D parameter (m, n), z = U Vᵀ / sqrt(rank)
+    with U (m × rank) and V (n × rank) standard normal, so r(m + n) numbers are drawn instead of mn.
+    Parameters of any other number of dimensions (biases, norms) keep the Gaussian.
+
+    Scaling: for U, V with independent N(0, 1) entries, E[(U Vᵀ)_ij (U Vᵀ)_kl] = rank · δ_ik δ_jl, so
+    z = U Vᵀ / sqrt(rank) has E[vec(z) vec(z)ᵀ] = I, the Gaussian's covariance: the two-point estimate
+    g z, g = (L(θ + εz) - L(θ - εz)) / 2ε ≈ zᵀ∇L, has mean ∇L to first order in ε, as MeZO's does, and
+    lr and ε keep their meaning. LOZO writes the same estimator as a perturbation εUVᵀ and an update
+    g UVᵀ / rank: its ε is this ε · sqrt(rank). Each step draws fresh U and V from its seed (LOZO's
+    lazy sampling of V, kept for ν steps, is not implemented: ν = 1). The update of a matrix is a
+    rank-``rank`` matrix per perturbation, added by ``addmm_`` without building z: no pass over a drawn
+    z, no scratch buffer.
+
+    Draw order, per device generator reseeded with the seed and walking the slices in bucket order: at
+    the first slice of a 2-D parameter, ``torch.randn(rank * (m + n))``, U its first m·rank numbers as
+    (m, rank), V the rest as (n, rank); a slice ``whole[index]`` of it gets ``U[index[0]] V[index[1]]ᵀ``
+    (all of V for a block of rows). A slice of any other parameter draws ``torch.randn`` of its shape.
+    """
+
+    rank: int = 4
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"a low-rank perturbation needs rank >= 1, got {self.rank}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "lowrank", "rank": self.rank}
+
+
+# Sparse perturbations select blocks of this many consecutive numbers of a bucket's flat z: choosing among
+# blocks (a randperm over numel / 64 entries) instead of single numbers keeps the choice cheap next to the
+# draw it saves, and 64 floats are a cache line's multiple.
+SPARSE_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """A random sparse perturbation (Sparse MeZO's idea, Liu et al. 2024, with a random mask): per bucket of
+    N numbers cut into B = ceil(N / 64) blocks of 64 consecutive numbers (the last one shorter), exactly
+    k = max(1, round(density · B)) blocks are perturbed, chosen uniformly without replacement and drawn
+    anew for each perturbation from its seed; the other numbers get z = 0.
+
+    Sparse MeZO chooses its mask by weight magnitude (the smallest weights); that mask depends on the
+    weights, which the perturbation itself moves between a step's passes, so it is not used here: the
+    random mask is a pure function of the seed, the same in every pass and in a replay.
+
+    Scaling: each perturbed number is N(0, 1) / sqrt(p), p = k / B the chance that a block is chosen,
+    so E[z_i²] = p / p = 1 and E[z_i z_j] = 0 (independent zero-mean values): E[vec(z) vec(z)ᵀ] = I, the
+    Gaussian's covariance, and g z has mean ∇L to first order in ε with the same lr and ε. (Without the
+    1 / sqrt(p) its mean would be p ∇L: the lr would shrink by p.)
+
+    Draw order, per bucket on its device's generator reseeded with the seed: ``torch.randperm(B)``, of
+    which the first k are the chosen blocks, then ``torch.randn(k * 64)``, the chosen blocks' values in
+    the order of that list.
+    """
+
+    density: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0 < self.density <= 1:
+            raise ValueError(f"a sparse perturbation needs a density in (0, 1], got {self.density}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "sparse", "density": self.density}
+
+    def chosen_blocks(self, numel: int) -> tuple[int, int]:
+        """(blocks of a bucket of `numel` numbers, blocks chosen)."""
+        blocks = -(-numel // SPARSE_BLOCK)
+        return blocks, min(blocks, max(1, round(self.density * blocks)))
+
+
+Perturbation = Gaussian | LowRank | Sparse
+# The paper's distribution; a frozen dataclass, safe to share as every optimiser's default.
+DEFAULT_PERTURBATION: Perturbation = Gaussian()
 
 
 class _NormalSource:
@@ -160,16 +255,35 @@ class _NormalSource:
                 self.generators[device] = torch.Generator(device=device)
             self.generators[device].manual_seed(seed)
 
+    def buffer(self, numel: int, like: Tensor, keep: bool) -> Tensor:
+        """A flat tensor of `numel` elements on `like`'s device and dtype, its values undefined: fresh when
+        `keep`, else the scratch buffer, valid until the next call."""
+        if keep:
+            return torch.empty(numel, device=like.device, dtype=like.dtype)
+        key = (like.device, like.dtype)
+        if key not in self._scratch or self._scratch[key].numel() < numel:
+            self._scratch[key] = torch.empty(numel, device=like.device, dtype=like.dtype)
+        return self._scratch[key][:numel]
+
     def draw(self, numel: int, like: Tensor, keep: bool) -> Tensor:
         """A flat z of `numel` elements on `like`'s device and dtype; unless `keep`, it lives in the scratch
         buffer until the next draw."""
         generator = self.generators[like.device]
         if keep:
             return torch.randn(numel, generator=generator, device=like.device, dtype=like.dtype)
-        key = (like.device, like.dtype)
-        if key not in self._scratch or self._scratch[key].numel() < numel:
-            self._scratch[key] = torch.empty(numel, device=like.device, dtype=like.dtype)
-        return self._scratch[key][:numel].normal_(generator=generator)
+        return self.buffer(numel, like, keep=False).normal_(generator=generator)
+
+    def draw_sparse(self, numel: int, like: Tensor, keep: bool, sparse: Sparse) -> Tensor:
+        """A flat sparse z of `numel` elements (see :class:`Sparse`), in the scratch buffer unless `keep`."""
+        generator = self.generators[like.device]
+        blocks, chosen = sparse.chosen_blocks(numel)
+        picked = torch.randperm(blocks, generator=generator, device=like.device)[:chosen]
+        values = torch.randn(chosen, SPARSE_BLOCK, generator=generator, device=like.device, dtype=like.dtype)
+        values.mul_(1 / math.sqrt(chosen / blocks))
+        # Padded to whole blocks so that one index_copy_ places them all; the padding is cut off below.
+        padded = self.buffer(blocks * SPARSE_BLOCK, like, keep).zero_()
+        padded.view(blocks, SPARSE_BLOCK).index_copy_(0, picked, values)
+        return padded[:numel]
 
 
 Bucket = list[_Slice]
@@ -197,62 +311,120 @@ def _same_bucket(last: _Slice, piece: _Slice) -> bool:
             and last.param.dtype == piece.param.dtype)
 
 
+class _DenseZ:
+    """A bucket's z drawn in full, one tensor per slice."""
+
+    def __init__(self, zs: list[Tensor]) -> None:
+        self.zs = zs
+
+    def add_to(self, targets: list[Tensor], alpha: float) -> None:
+        """``target += alpha * z`` for each slice's target (the parameter, or a state tensor shaped like it)."""
+        torch._foreach_add_(targets, self.zs, alpha=alpha)
+
+
+# A slice's share of a low-rank z: (rows of U / sqrt(rank), rows of V) for a slice of a matrix, else a Gaussian z.
+LowRankPart = Tensor | tuple[Tensor, Tensor]
+
+
+class _LowRankZ:
+    """A bucket's low-rank z, kept as factors: per slice of a matrix its rows of U and columns of V (the
+    1 / sqrt(rank) folded into the factor of U), per other slice a drawn Gaussian tensor."""
+
+    def __init__(self, parts: list[LowRankPart]) -> None:
+        self.parts = parts
+
+    def add_to(self, targets: list[Tensor], alpha: float) -> None:
+        for target, part in zip(targets, self.parts, strict=True):
+            if isinstance(part, Tensor):
+                target.add_(part, alpha=alpha)
+            elif target.dim() == 2:  # a block of rows: U_rows Vᵀ
+                target.addmm_(part[0], part[1].T, alpha=alpha)
+            else:  # a piece of one row (a row over the bound): V_cols u_row
+                target.addmv_(part[1], part[0], alpha=alpha)
+
+
+BucketZ = _DenseZ | _LowRankZ
+
+
 class _Direction:
     """The random direction z of one perturbation, reproduced from its seed on every pass.
 
-    Each pass reseeds the per-device generators and draws one flat z per bucket in a fixed order, split
-    into one view per slice, so the +eps, -2 eps, +eps and update passes all see the same z. With
+    Each pass reseeds the per-device generators and draws one z per bucket in a fixed order (see the
+    distributions' contracts), so the +eps, -2 eps, +eps and update passes all see the same z. With
     ``cache`` the first pass keeps the drawn tensors for the later passes instead (memory equal to the
-    trainable parameters). Without it, a bucket's z is valid only until the next one is drawn: consume it
-    before asking for the next.
+    trainable parameters, for the low-rank z only its factors). Without it, a bucket's z is valid only
+    until the next one is drawn: consume it before asking for the next.
     """
 
-    def __init__(self, seed: int, buckets: list[Bucket], source: _NormalSource, cache: bool) -> None:
+    def __init__(self, seed: int, buckets: list[Bucket], source: _NormalSource, cache: bool,
+                 perturbation: Perturbation) -> None:
         self.seed = seed
         self._buckets = buckets
         self._source = source
         self._cache = cache
-        self._drawn: list[list[Tensor]] | None = None
+        self._perturbation = perturbation
+        self._drawn: list[BucketZ] | None = None
 
-    def buckets(self) -> Iterator[tuple[Bucket, list[Tensor]]]:
-        """Yield every bucket with the z of each of its slices."""
+    def buckets(self) -> Iterator[tuple[Bucket, BucketZ]]:
+        """Yield every bucket with its z."""
         if self._drawn is not None:
             yield from zip(self._buckets, self._drawn, strict=True)
             return
         self._source.reseed({bucket[0].param.device for bucket in self._buckets}, self.seed)
-        drawn: list[list[Tensor]] = []
+        drawn: list[BucketZ] = []
+        # A matrix cut into slices over several buckets draws its factors once, at its first slice.
+        factors: dict[int, tuple[Tensor, Tensor]] = {}
         for bucket in self._buckets:
-            sizes = [piece.param.numel() for piece in bucket]
-            flat = self._source.draw(sum(sizes), bucket[0].param, keep=self._cache)
-            zs = [z.view(piece.param.shape) for z, piece in zip(flat.split(sizes), bucket, strict=True)]
+            z = self._draw(bucket, factors)
             if self._cache:
-                drawn.append(zs)
-            yield bucket, zs
+                drawn.append(z)
+            yield bucket, z
         if self._cache:
             self._drawn = drawn
 
-    def pairs(self) -> Iterator[tuple[_Slice, Tensor]]:
-        """Yield every slice with its z."""
-        for bucket, zs in self.buckets():
-            yield from zip(bucket, zs, strict=True)
+    def _draw(self, bucket: Bucket, factors: dict[int, tuple[Tensor, Tensor]]) -> BucketZ:
+        if isinstance(self._perturbation, LowRank):
+            return _LowRankZ([self._low_rank_part(piece, factors, self._perturbation.rank) for piece in bucket])
+        sizes = [piece.param.numel() for piece in bucket]
+        if isinstance(self._perturbation, Sparse):
+            flat = self._source.draw_sparse(sum(sizes), bucket[0].param, self._cache, self._perturbation)
+        else:
+            flat = self._source.draw(sum(sizes), bucket[0].param, keep=self._cache)
+        return _DenseZ([z.view(piece.param.shape) for z, piece in zip(flat.split(sizes), bucket, strict=True)])
+
+    def _low_rank_part(self, piece: _Slice, factors: dict[int, tuple[Tensor, Tensor]], rank: int) -> LowRankPart:
+        whole = piece.whole
+        generator = self._source.generators[whole.device]
+        if whole.dim() != 2:
+            return torch.randn(piece.param.shape, generator=generator, device=whole.device, dtype=whole.dtype)
+        if id(whole) not in factors:
+            rows, columns = whole.shape
+            drawn = torch.randn(rank * (rows + columns), generator=generator, device=whole.device, dtype=whole.dtype)
+            factors[id(whole)] = (drawn[: rows * rank].view(rows, rank).mul_(1 / math.sqrt(rank)),
+                                  drawn[rows * rank :].view(columns, rank))
+        left, right = factors[id(whole)]
+        return left[piece.index[0]] if piece.index else left, right[piece.index[1]] if len(piece.index) > 1 else right
 
 
-def _bounded_slices(tensor: Tensor, max_numel: int) -> Iterator[Tensor]:
-    """Views that tile ``tensor`` along its first dimension, each with at most ``max_numel`` elements.
+def _bounded_indices(shape: torch.Size, max_numel: int) -> Iterator[tuple[int | slice, ...]]:
+    """Indices that tile a tensor of ``shape`` along its first dimension, each view with at most
+    ``max_numel`` elements; ``()`` is the whole tensor.
 
     A single row larger than the bound is itself split along its own first dimension, recursively. The
     tiling depends only on the shape, so every pass over the parameters draws z identically.
     """
-    if tensor.numel() <= max_numel:
-        yield tensor
+    numel = math.prod(shape)
+    if numel <= max_numel:
+        yield ()
         return
-    rows_per_slice = max(1, max_numel // (tensor.numel() // tensor.shape[0]))
-    for start in range(0, tensor.shape[0], rows_per_slice):
-        rows = tensor[start : start + rows_per_slice]
-        if rows.numel() <= max_numel:
-            yield rows
+    row_numel = numel // shape[0]
+    rows_per_slice = max(1, max_numel // row_numel)
+    for start in range(0, shape[0], rows_per_slice):
+        stop = min(start + rows_per_slice, shape[0])
+        if (stop - start) * row_numel <= max_numel:
+            yield (slice(start, stop),)
         else:
-            yield from _bounded_slices(rows[0], max_numel)
+            yield from ((start, *inner) for inner in _bounded_indices(shape[1:], max_numel))
 
 
 def _params(bucket: Bucket) -> list[Tensor]:
@@ -317,6 +489,7 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
         seed: int,
         max_chunk_numel: int,
         cache_z: bool,
+        perturbation: Perturbation,
     ) -> None:
         _check_hyperparameters(eps=eps, max_chunk_numel=max_chunk_numel)
         if not callable(n_perturbations):
@@ -326,17 +499,20 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
         self.n_perturbations = n_perturbations
         self.max_chunk_numel = max_chunk_numel
         self.cache_z = cache_z
+        self.perturbation = perturbation
         # Steps that applied an update; drives n_perturbations schedules (and the SVRG snapshot period).
         self.steps_taken = 0
         self._seed_generator = torch.Generator().manual_seed(seed)
         self._normal_source = _NormalSource()
 
     def state_dict(self) -> dict[str, Any]:
-        """The torch optimiser state (per-parameter buffers, groups), the seed generator's state and the
-        number of steps taken."""
+        """The torch optimiser state (per-parameter buffers, groups), the seed generator's state, the
+        number of steps taken and the perturbation distribution (z itself is never stored: the seeds and
+        the distribution regenerate it)."""
         state = super().state_dict()
         state[_SEED_GENERATOR_KEY] = self._seed_generator.get_state()
         state[_STEPS_KEY] = self.steps_taken
+        state[_PERTURBATION_KEY] = self.perturbation.describe()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -347,6 +523,11 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
                 f"not a {type(self).__name__} state dict: it has no {_SEED_GENERATOR_KEY!r} entry"
             )
         generator_state = state_dict.pop(_SEED_GENERATOR_KEY)
+        # Checkpoints written before the distributions existed drew Gaussian directions.
+        saved = state_dict.pop(_PERTURBATION_KEY, Gaussian().describe())
+        if saved != self.perturbation.describe():
+            raise ValueError(f"the state dict was written by an optimiser drawing {saved}, this one draws "
+                             f"{self.perturbation.describe()}: its seeds would give other directions")
         # Checkpoints written before the count existed come from runs without schedules: 0 is exact there.
         steps_taken = state_dict.pop(_STEPS_KEY, 0)
         super().load_state_dict(state_dict)
@@ -364,7 +545,7 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
         """This step's directions, one seed each from the seed generator (a failed step still uses them up)."""
         buckets = _buckets(slices, self.max_chunk_numel)
         return [
-            _Direction(self._next_seed(), buckets, self._normal_source, self.cache_z)
+            _Direction(self._next_seed(), buckets, self._normal_source, self.cache_z, self.perturbation)
             for _ in range(self._perturbations_this_step())
         ]
 
@@ -385,11 +566,10 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
     def _slices_of(self, param: Tensor, group: dict[str, Any]) -> Iterator[_Slice]:
         # The tiling depends on the shape only, so the buffers' views line up with the parameter's.
         buffers = self._buffers(param, group)
-        param_views = _bounded_slices(param, self.max_chunk_numel)
-        buffer_views = [_bounded_slices(buffer, self.max_chunk_numel) for buffer in buffers.values()]
         return (
-            _Slice(view, group, dict(zip(buffers, views, strict=True)))
-            for view, *views in zip(param_views, *buffer_views, strict=True)
+            _Slice(param[index] if index else param, group,
+                   {key: buffer[index] if index else buffer for key, buffer in buffers.items()}, param, index)
+            for index in _bounded_indices(param.shape, self.max_chunk_numel)
         )
 
     def _buffers(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
@@ -441,8 +621,8 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _perturb(direction: _Direction, scale: float) -> None:
-        for bucket, zs in direction.buckets():
-            torch._foreach_add_(_params(bucket), zs, alpha=scale)
+        for bucket, z in direction.buckets():
+            z.add_to(_params(bucket), scale)
 
     def _update(self, slices: list[_Slice], directions: list[_Direction], grads: list[float]) -> None:
         """Apply ``p <- p - lr * (mean_i(g_i z_i) + wd * p)``, through the momentum buffer if any.
@@ -459,15 +639,15 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
         for index, (direction, grad) in enumerate(zip(directions, grads, strict=True)):
             weight = grad / len(directions)
             pending_restore = self.eps if index == len(directions) - 1 else 0.0
-            for bucket, zs in direction.buckets():
+            for bucket, z in direction.buckets():
                 group = bucket[0].group
                 restore = pending_restore * (1 - group["lr"] * group["weight_decay"])
                 if "momentum_buffer" in bucket[0].buffers:
-                    torch._foreach_add_([piece.buffers["momentum_buffer"] for piece in bucket], zs, alpha=weight)
+                    z.add_to([piece.buffers["momentum_buffer"] for piece in bucket], weight)
                     if restore:
-                        torch._foreach_add_(_params(bucket), zs, alpha=restore)
+                        z.add_to(_params(bucket), restore)
                 else:
-                    torch._foreach_add_(_params(bucket), zs, alpha=restore - group["lr"] * weight)
+                    z.add_to(_params(bucket), restore - group["lr"] * weight)
         for piece in slices:
             if "momentum_buffer" in piece.buffers:
                 piece.param.add_(piece.buffers["momentum_buffer"], alpha=-piece.group["lr"])
@@ -527,8 +707,10 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
     for rows over the bound). Consecutive slices of one group, device and dtype are packed into buckets of
     at most ``max_chunk_numel`` elements. z for a seed is, bucket by bucket, one flat ``torch.randn`` of
     the bucket's size, dtype and device drawn from a ``torch.Generator`` on that device seeded with the
-    seed, split in order into the slices' shapes. This bounds the transient memory of a pass to
-    ``max_chunk_numel`` elements, and moves each bucket with one draw and one ``foreach`` call. A step is
+    seed, split in order into the slices' shapes (the Gaussian default; :class:`LowRank` and
+    :class:`Sparse` state their own draws on the same buckets and generators). This bounds the transient
+    memory of a pass to ``max_chunk_numel`` elements, and moves each bucket with one draw and one
+    ``foreach`` call. A step is
     a pure function of the parameters, the closure and the seeds: the global RNG is never touched. Given
     the step's projected gradients, the closure is not needed either: :meth:`replay` repeats the step
     without a forward pass, to the bit.
@@ -552,6 +734,10 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         cache_z: keep each perturbation's z from its first pass for the later passes instead of
             regenerating it: faster for small trainable sets such as LoRA adapters, at a memory cost of
             N times the trainable parameters during the step. Results are bitwise identical.
+        perturbation: the distribution of z: :class:`Gaussian` (MeZO's, the default), :class:`LowRank`
+            (LOZO) or :class:`Sparse`. Each has E[vec(z) vec(z)ᵀ] = I, so the estimate's mean and the
+            meaning of lr and eps are the same; each is regenerated from the seed alone, so replay and
+            resume work alike (the state dict records the distribution and refuses another one).
 
     The closure must be deterministic between its two calls (MeZO turns dropout off: call
     ``model.eval()``), and is called under ``torch.no_grad()``. Gradient accumulation is the caller's
@@ -576,11 +762,13 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         seed: int = 0,
         max_chunk_numel: int = DEFAULT_MAX_CHUNK_NUMEL,
         cache_z: bool = False,
+        perturbation: Perturbation = DEFAULT_PERTURBATION,
     ) -> None:
         _check_hyperparameters(lr=lr, weight_decay=weight_decay, momentum=momentum)
         super().__init__(
             params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum},
             eps=eps, n_perturbations=n_perturbations, seed=seed, max_chunk_numel=max_chunk_numel, cache_z=cache_z,
+            perturbation=perturbation,
         )
 
     @torch.no_grad()
@@ -622,7 +810,8 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
                              f"and {len(projected_grads)} projected gradients")
         slices = self._trainable_slices()
         buckets = _buckets(slices, self.max_chunk_numel)
-        directions = [_Direction(seed, buckets, self._normal_source, self.cache_z) for seed in seeds]
+        directions = [_Direction(seed, buckets, self._normal_source, self.cache_z, self.perturbation)
+                      for seed in seeds]
         self._measure(_no_forward, directions, restore_last=False)
         self._update(slices, directions, list(projected_grads))
         self.steps_taken += 1

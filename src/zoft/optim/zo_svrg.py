@@ -27,7 +27,9 @@ from torch import Tensor
 from zoft import trajectory
 from zoft.optim.zeroth_order import (
     DEFAULT_MAX_CHUNK_NUMEL,
+    DEFAULT_PERTURBATION,
     Closure,
+    Perturbation,
     PerturbationCount,
     ZOStepStats,
     _check_hyperparameters,
@@ -117,8 +119,8 @@ class ZerothOrderSVRG(_ZerothOrderOptimizer):
         weight_decay: decoupled weight decay at each step's own rate: ``p <- p - rate * (v + wd * p)``.
         n_perturbations: N directions averaged per estimate (n-SPSA), the same N for the snapshot's and
             the minibatch's estimates; or a schedule of the steps taken, as for ZerothOrderSGD.
-        seed, max_chunk_numel, cache_z: as for :class:`~zoft.optim.ZerothOrderSGD` (cache_z keeps z for
-            the six passes a direction takes on a variance-reduced step).
+        seed, max_chunk_numel, cache_z, perturbation: as for :class:`~zoft.optim.ZerothOrderSGD` (cache_z
+            keeps z for the six passes a direction takes on a variance-reduced step).
 
     The closures run under ``torch.no_grad()`` and must be deterministic (dropout off). Non-finite
     losses: as for ZerothOrderSGD, the parameters are restored (by copy on snapshot steps and after the
@@ -140,11 +142,13 @@ class ZerothOrderSVRG(_ZerothOrderOptimizer):
         seed: int = 0,
         max_chunk_numel: int = DEFAULT_MAX_CHUNK_NUMEL,
         cache_z: bool = False,
+        perturbation: Perturbation = DEFAULT_PERTURBATION,
     ) -> None:
         _check_hyperparameters(lr=lr, lr_full=lr_full, weight_decay=weight_decay, q=q)
         super().__init__(
             params, {"lr": lr, "lr_full": lr_full, "weight_decay": weight_decay},
             eps=eps, n_perturbations=n_perturbations, seed=seed, max_chunk_numel=max_chunk_numel, cache_z=cache_z,
+            perturbation=perturbation,
         )
         self.q = q
 
@@ -193,8 +197,8 @@ class ZerothOrderSVRG(_ZerothOrderOptimizer):
         for piece in slices:
             piece.buffers[_FULL_GRAD].zero_()
         for direction, grad in zip(directions, grads, strict=True):
-            for piece, z in direction.pairs():
-                piece.buffers[_FULL_GRAD].add_(z, alpha=grad / len(directions))
+            for bucket, z in direction.buckets():
+                z.add_to([piece.buffers[_FULL_GRAD] for piece in bucket], grad / len(directions))
         for piece in slices:
             rate = _full_lr(piece.group)
             if piece.group["weight_decay"] > 0:
