@@ -1,6 +1,7 @@
 """Optimisers that know tensors and closures only: nothing of tasks, models or configs."""
 
 from zoft.optim.zeroth_order import (
+    Exchange,
     LinearSchedule,
     NonFiniteLossError,
     ZerothOrderSGD,
@@ -10,6 +11,7 @@ from zoft.optim.zeroth_order import (
 from zoft.optim.zo_svrg import SVRGStepStats, ZerothOrderSVRG
 
 __all__ = [
+    "Exchange",
     "LinearSchedule",
     "NonFiniteLossError",
     "SVRGStepStats",
