@@ -267,8 +267,10 @@ class DataParallel:
         wrapped.register_comm_hook(None, self._counted_all_reduce)
         return wrapped
 
-    def _counted_all_reduce(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    def _counted_all_reduce(self, state, bucket):  # type: ignore[no-untyped-def]
         # DDP's own averaging all-reduce, counted: the bytes a step exchanges are those of its gradient buckets.
+        # No annotations: DDP checks a hook's `bucket` and return annotations against dist.GradBucket and Future
+        # objects, and this module's postponed annotations are strings, which it refuses.
         self.bytes_sent += bucket.buffer().numel() * bucket.buffer().element_size()
         return default_hooks.allreduce_hook(None, bucket)  # type: ignore[arg-type]
 
