@@ -65,6 +65,7 @@ def main() -> None:
             speedup = work * one["seconds_per_step"] / two["seconds_per_step"]
             results["variants"][name] = {"one_process": one, "two_ranks": two, "speedup": speedup,
                                          "scaling_efficiency": speedup / 2}
+            print(f"{name}: {json.dumps(results['variants'][name])}", file=sys.stderr, flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"{args.model}, MRPC, batch 16, {args.steps} steps; 1 process x 1 thread vs 2 Gloo ranks x 1 thread\n")
