@@ -240,7 +240,7 @@ def keys_with(rule):
 def test_each_constrained_key_declares_its_rule_next_to_its_field():
     assert set(keys_with(POSITIVE)) == {
         "lr", "eps", "n_perturbations", "grad_accumulation", "batch_size", "eval_batch_size", "eval_every",
-        "log_every", "max_length", "lora_r", "lora_alpha", "svrg_every", "perturbation_rank",
+        "log_every", "max_length", "lora_r", "lora_alpha", "svrg_every", "perturbation_rank", "dist_timeout",
     }
     assert set(keys_with(OPTIONAL_POSITIVE)) == {
         "steps", "epochs", "train_limit", "k_shot", "test_limit", "max_minutes", "max_forward_passes",
@@ -248,7 +248,7 @@ def test_each_constrained_key_declares_its_rule_next_to_its_field():
     }
     assert set(keys_with(NON_NEGATIVE)) == {
         "weight_decay", "momentum", "lora_dropout", "divergence_factor", "checkpoint_every", "max_grad_norm",
-        "svrg_batches", "svrg_lr_full",
+        "svrg_batches", "svrg_lr_full", "replica_check_every",
     }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import transformers
 
-from zoft import compare, presets, replay, sweep
+from zoft import compare, distributed, presets, replay, sweep
 from zoft.config import RunConfig, build_config, config_keys, load_yaml, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
@@ -70,6 +70,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.plan:
         print(to_yaml(config), end="")
         return 0
+    if args.nproc is not None and args.nproc > 1 and distributed.world_size() == 1:
+        # checked above, here, before any process starts; each process then joins the group from its environment
+        problem = distributed.refusal(config)
+        if problem is not None:
+            raise ZoftError(problem)
+        return distributed.launch(args.nproc, distributed.without_nproc(args.argv))
     out = Path(args.out) if args.out else default_out(config)
     summary = train(config, out, overwrite=args.overwrite, resume=args.resume, console=Console(quiet=args.quiet),
                     command=["zoft", *args.argv], sinks=extra_sinks(args, out))
@@ -90,7 +96,14 @@ def train_callable(args: argparse.Namespace):
     return run
 
 
+def refuse_several_processes(command: str) -> None:
+    if distributed.world_size() > 1:
+        raise ZoftError(f"zoft {command} does not run on several processes yet: launch `zoft train --nproc N` for "
+                        "each run")
+
+
 def run_compare(args: argparse.Namespace) -> int:
+    refuse_several_processes("compare")
     overrides = collect_overrides(args)
     if args.budget_minutes is not None:
         overrides["max_minutes"] = args.budget_minutes
@@ -108,6 +121,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    refuse_several_processes("sweep")
     grid = sweep.parse_grid(args.grid)
     points = sweep.plan(grid, collect_overrides(args), preset_file(args))
     if args.plan:
@@ -183,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: runs/<task>-<method>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="train data-parallel in N processes on this machine, launched through torchrun "
+                            "(torch.distributed.run; the same as `torchrun --standalone --nproc-per-node N -m zoft "
+                            "train ...`): MeZO exchanges scalars only (zo_parallel), backprop all-reduces gradients "
+                            "(DDP); rank 0 writes the run folder")
     add_run_options(train, overwrite="replace a run already in the folder", quiet="print nothing but errors")
     train.set_defaults(handler=run_train)
 

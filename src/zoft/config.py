@@ -258,6 +258,14 @@ class MethodConfig:
         "for all the weights of a small model; costs n_perturbations times the trained parameters in memory)",
         default=False,
     )
+    zo_parallel: Literal["shared-direction", "direction-per-rank"] = option(
+        "mezo on several processes (torchrun, or --nproc): shared-direction, every rank perturbs along the step's "
+        "directions, evaluates its share of the batch's rows, and the ranks sum (loss x rows, rows): the update of "
+        "one process on the whole batch; direction-per-rank, each rank measures its own n_perturbations directions "
+        "on its rows and the ranks gather their (seed, loss+, loss-): n-SPSA with world size x n_perturbations "
+        "directions. Either way only scalars are exchanged",
+        default="shared-direction",
+    )
     mezo_half_precision: bool = option(
         "mezo: accept dtype float16 or bfloat16 (refused otherwise: the rounding of every perturb-and-restore "
         "adds up over a run's steps and drifts the weights)",
@@ -316,6 +324,16 @@ class TrainConfig:
         "stop as diverged when the mean loss of the last 10 steps exceeds this multiple of the first 10 (0: only a "
         "non-finite loss stops a run)",
         default=5.0, check=NON_NEGATIVE,
+    )
+    replica_check_every: int = option(
+        "several processes: compare a sha256 of every rank's trainable tensors every this many steps (and at the "
+        "start and the end); a mismatch stops the run (0: at the start and the end only)",
+        default=100, check=NON_NEGATIVE,
+    )
+    dist_timeout: float = option(
+        "several processes: seconds a rank waits for the others in an exchange before it stops with an error "
+        "naming them (a rank that died, was killed or stalls)",
+        default=600.0, check=POSITIVE,
     )
     select_metric: str | None = option(
         f"validation metric that chooses the best checkpoint (default: the task's); {LM_BFF}: the one LM-BFF's and "

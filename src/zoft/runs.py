@@ -152,13 +152,17 @@ class Summary:
     git_commit: str | None = None
     command: list[str] | None = None
     started_at: str | None = None
+    # several processes: world size, mode, bytes exchanged per step, replica checks (zoft.distributed); written
+    # only then, so that a one-process summary keeps format 1's keys
+    distributed: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         document = {"format": SUMMARY_FORMAT, **asdict(self)}
         document["status"] = Status(self.status).value
         document["select_metric"] = document.pop("select_key")
         # the keys in the order format 0 wrote them, so that old and new files read alike
-        return {key: document[key] for key in ("format", *_KEY_ORDER)}
+        ordered = {key: document[key] for key in ("format", *_KEY_ORDER)}
+        return ordered if self.distributed is None else {**ordered, "distributed": self.distributed}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Summary:
@@ -178,6 +182,7 @@ class Summary:
             head_init=doc.get("head_init"), warnings=doc.get("warnings") or [],
             device=Device(**device) if device else None, versions=doc.get("versions") or {},
             git_commit=doc.get("git_commit"), command=doc.get("command"), started_at=doc.get("started_at"),
+            distributed=doc.get("distributed"),
         )
 
 
@@ -447,6 +452,14 @@ class RunFolder:
             finally:
                 tmp.unlink(missing_ok=True)
             _fsync(self.path)
+
+    def create_trajectory(self, device: str) -> None:
+        """An empty trajectory for a run whose z is drawn on `device`."""
+        trajectory.create(self.trajectory_path, device=device)
+
+    def truncate_trajectory(self, last_step: int) -> int:
+        """The trajectory cut back to `last_step` (a resumed run's checkpoint); returns the last step kept."""
+        return trajectory.truncate(self.trajectory_path, last_step)
 
     def append_trajectory(self, record: trajectory.StepRecord) -> None:
         """One step of the seed trajectory; a failed write (a full disk) is one line naming the file, and the

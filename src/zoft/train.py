@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from zoft import trajectory
+from zoft import distributed, trajectory
 from zoft.config import RunConfig
 from zoft.console import Console, format_baseline
 from zoft.data.batches import BatchStream, encode, eval_batches, to_device
 from zoft.data.splits import TaskData, load_task_data
+from zoft.distributed import DataParallel
 from zoft.evaluate import evaluate_split
 from zoft.measure import LOSS_WINDOW, ForwardCounter, Stopwatch, measure_memory, pick_device
 from zoft.methods import TrainingMethod, build_method, trajectory_refusal
@@ -140,6 +141,10 @@ def stop_requests() -> Iterator[StopRequest]:
             signal.signal(signum, handler)
 
 
+# A spent budget as a number the ranks agree on by their maximum (the later in the tuple wins).
+BUDGETS: tuple[StoppedBy | None, ...] = (None, "max_minutes", "max_forward_passes")
+
+
 def planned_steps(config: RunConfig, train_size: int) -> int:
     if config.train.steps is not None:
         return config.train.steps
@@ -152,9 +157,13 @@ class Trainer:
     loads data, model and method (minutes for a large model), `loop()` trains."""
 
     def __init__(self, config: RunConfig, run: RunFolder, console: Console,
-                 sinks: Sequence[MetricSink] = ()) -> None:
+                 sinks: Sequence[MetricSink] = (), parallel: DataParallel | None = None) -> None:
         self.config, self.run, self.console = config, run, console
         self.extra_sinks = list(sinks)
+        # On several processes: this rank's group (zoft.distributed), through which the method exchanges and
+        # the ranks agree on when to stop; None for one process.
+        self.parallel = parallel
+        self.step_exchange_bytes: int | None = None
         self.state = LoopState()
         self.stopped_by: StoppedBy = "steps"
 
@@ -162,7 +171,7 @@ class Trainer:
         """Data, then the model (a linear-probe head is fitted on the encoded data), then the method (its
         schedule needs the planned steps, which need the training split's size)."""
         set_seed(self.config.train.seed)
-        self.device = pick_device(self.config.train.device)
+        self.device = self.parallel.device if self.parallel else pick_device(self.config.train.device)
         # Read now, not when the run ends: the source tree may change under a long run.
         self.environment = environment(self.device)
         self.setup_data()
@@ -207,7 +216,8 @@ class Trainer:
         self.logs_trajectory = trajectory_refusal(config.method) is None
         log_update = self.log_update if self.logs_trajectory else None
         self.method: TrainingMethod = build_method(self.model, config.method, self.total_steps, config.train.seed,
-                                                   draw_batches=self.draw_batches, log_update=log_update)
+                                                   draw_batches=self.draw_batches, log_update=log_update,
+                                                   parallel=self.parallel)
 
     def mezo_without_prompt(self) -> bool:
         model = self.config.model
@@ -254,11 +264,13 @@ class Trainer:
             "loop": asdict(self.state), "method": self.method.state_dict(), "stream": self.stream.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "distributed": self.parallel.checkpoint_state() if self.parallel else None,
         }
         self.run.save_checkpoint(self._trainable_tensors(), state)
 
     def restore_checkpoint(self) -> None:
         tensors, state = self.run.load_checkpoint()
+        distributed.check_resumed(state.get("distributed"), self.parallel)
         with torch.no_grad():
             for name, parameter in self._trainable_tensors().items():
                 parameter.copy_(tensors[name])
@@ -279,7 +291,7 @@ class Trainer:
         """A fresh run: its starting point and an empty trajectory."""
         if self.logs_trajectory:
             self.run.save_start(self._trainable_tensors())
-            trajectory.create(self.run.trajectory_path, device=str(self.device))
+            self.run.create_trajectory(str(self.device))
             self.trajectory = self.run.trajectory_path
 
     def resume_trajectory(self) -> None:
@@ -288,7 +300,7 @@ class Trainer:
         path = self.run.trajectory_path
         if not self.logs_trajectory or not path.is_file():
             return
-        kept = trajectory.truncate(path, self.state.step)
+        kept = self.run.truncate_trajectory(self.state.step)
         if kept < self.state.step:
             self.warn(f"{path.name} ends at step {kept}, before the checkpoint's step {self.state.step}: it is not "
                       f"continued (zoft replay rebuilds steps up to {kept})")
@@ -353,8 +365,11 @@ class Trainer:
         stopwatch = Stopwatch()
         forwards_before = self.forwards.count
         micro_batches = self.draw_batches(self.config.method.grad_accumulation)
+        exchanged_before = self.parallel.bytes_sent if self.parallel else 0
         with stopwatch.timing(self.device):
             stats = self.method.step(micro_batches)
+        if self.parallel:
+            self.step_exchange_bytes = stats["exchanged_bytes"] = self.parallel.bytes_sent - exchanged_before
         self.state.step += 1
         self.state.train_seconds += stopwatch.seconds
         self.state.forward_passes += self.forwards.count - forwards_before
@@ -372,7 +387,7 @@ class Trainer:
         if self.state.step == 0:
             self.log(self.evaluate())
         while self.state.step < self.total_steps:
-            if stop.is_set():
+            if self.stop_requested(stop):
                 return Status.INTERRUPTED
             record = self.train_step()
             self.state.track_loss(record["loss"])
@@ -387,6 +402,8 @@ class Trainer:
             spent = self.spent_budget()
             if self.state.step % cfg.eval_every == 0 or self.state.step == self.total_steps or spent:
                 self.log(self.evaluate())
+            if self.parallel and self.parallel.due(self.state.step):
+                self.check_replicas()
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if spent:
@@ -396,14 +413,27 @@ class Trainer:
                 break
         return Status.COMPLETED
 
+    def stop_requested(self, stop: threading.Event) -> bool:
+        """A stop signal has come; on several processes, to any rank (each gets its own copy of the signal at its
+        own moment, and all must stop after the same step)."""
+        return bool(self.parallel.agree(stop.is_set())) if self.parallel else stop.is_set()
+
     def spent_budget(self) -> StoppedBy | None:
-        """Which budget, if any, the run has used up: training minutes or forward passes."""
+        """Which budget, if any, the run has used up: training minutes or forward passes; on several processes,
+        that of any rank (their clocks differ)."""
         cfg = self.config.train
+        spent: StoppedBy | None = None
         if cfg.max_minutes is not None and self.state.train_seconds >= 60 * cfg.max_minutes:
-            return "max_minutes"
-        if cfg.max_forward_passes is not None and self.state.forward_passes >= cfg.max_forward_passes:
-            return "max_forward_passes"
-        return None
+            spent = "max_minutes"
+        elif cfg.max_forward_passes is not None and self.state.forward_passes >= cfg.max_forward_passes:
+            spent = "max_forward_passes"
+        if self.parallel:
+            spent = BUDGETS[self.parallel.agree(BUDGETS.index(spent))]
+        return spent
+
+    def check_replicas(self) -> None:
+        assert self.parallel is not None
+        self.parallel.check_replicas(self._trainable_tensors(), self.state.step)
 
     def log(self, record: dict[str, Any]) -> None:
         for sink in self.sinks:
@@ -435,6 +465,7 @@ class Trainer:
                           sizes={name: len(split.labels) for name, split in self.data.splits.items()}),
             head_init=self.head_init, warnings=self.state.warnings, device=Device(**environment["device"]),
             versions=environment["versions"], git_commit=environment["git_commit"],
+            distributed=self.parallel.describe(self.step_exchange_bytes) if self.parallel else None,
         )
 
 
@@ -458,17 +489,25 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
           console: Console | None = None, command: list[str] | None = None,
           sinks: Sequence[MetricSink] = ()) -> Summary:
     """Train according to `config` into the run folder `out`; returns the summary it wrote. The records go
-    to the run folder and the console, and to `sinks` too (a TensorBoardSink, say)."""
-    run = RunFolder(out)
+    to the run folder and the console, and to `sinks` too (a TensorBoardSink, say).
+
+    Under torchrun (WORLD_SIZE > 1) it trains data-parallel (zoft.distributed): rank 0 writes the run folder
+    and prints, the other ranks write nothing and print only errors."""
+    parallel = distributed.join(config)
+    run = parallel.run_folder(out) if parallel else RunFolder(out)
     run.check(overwrite=overwrite, resume=resume)
+    if parallel and not parallel.writes:
+        console, sinks = Console(quiet=True), ()
     console = console or Console()
-    trainer = Trainer(config, run, console, sinks)
+    trainer = Trainer(config, run, console, sinks, parallel)
     trainer.setup()
     if resume:
         trainer.restore_checkpoint()
     else:
         run.begin(config, overwrite=overwrite)
         trainer.begin_trajectory()
+    if parallel:
+        trainer.check_replicas()
     console.start(trainer.describe(), total=trainer.total_steps, done=trainer.state.step)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter() - trainer.state.train_seconds - trainer.state.eval_seconds
@@ -476,6 +515,8 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
     try:
         with measure_memory(trainer.device) as memory, stop_requests() as stop:
             ended = trainer.loop(stop)
+        if parallel:
+            trainer.check_replicas()
         trainer.save_checkpoint()
         status = ended  # only once the last checkpoint is on disk: a failed save (a full disk) is a crash
     finally:

@@ -18,6 +18,7 @@ from torch import nn
 
 from zoft import optim, trajectory
 from zoft.config import MethodConfig
+from zoft.distributed import DIRECTION_PER_RANK, DataParallel
 from zoft.heads import classification_loss
 from zoft.methods.common import (
     Batch,
@@ -61,13 +62,16 @@ def perturbation_of(cfg: MethodConfig) -> optim.Perturbation:
 
 
 def build_zo_optimizer(groups: list[dict], cfg: MethodConfig, total_steps: int,
-                       seed: int) -> ZerothOrderSGD | ZerothOrderSVRG:
+                       seed: int, parallel: DataParallel | None = None) -> ZerothOrderSGD | ZerothOrderSVRG:
     """The optimiser that `cfg` asks for, with n-SPSA growing linearly over the run when
     `n_perturbations_final` is set (the optimiser's state dict keeps the step count: resumable), drawing z
-    from the configured distribution (which `zoft replay` rebuilds from the run's config alike)."""
+    from the configured distribution (which `zoft replay` rebuilds from the run's config alike). With
+    zo_parallel=direction-per-rank on several processes a step has world size times the directions, each rank
+    measuring its own, and the ranks exchange their measurements before the update."""
+    ranks = parallel.world_size if parallel and parallel.mode == DIRECTION_PER_RANK else 1
     n_perturbations = (
-        cfg.n_perturbations if cfg.n_perturbations_final is None
-        else LinearSchedule(cfg.n_perturbations, cfg.n_perturbations_final, total_steps)
+        ranks * cfg.n_perturbations if cfg.n_perturbations_final is None
+        else LinearSchedule(ranks * cfg.n_perturbations, ranks * cfg.n_perturbations_final, total_steps)
     )
     perturbation = perturbation_of(cfg)
     if cfg.zo_estimator == "svrg":
@@ -75,7 +79,8 @@ def build_zo_optimizer(groups: list[dict], cfg: MethodConfig, total_steps: int,
                                n_perturbations=n_perturbations, seed=seed, cache_z=cfg.cache_z,
                                perturbation=perturbation)
     return ZerothOrderSGD(groups, lr=cfg.lr, eps=cfg.eps, momentum=cfg.momentum, n_perturbations=n_perturbations,
-                          seed=seed, cache_z=cfg.cache_z, perturbation=perturbation)
+                          seed=seed, cache_z=cfg.cache_z, perturbation=perturbation,
+                          exchange=parallel.exchange if ranks > 1 else None)
 
 
 def mean_loss(model: nn.Module, batches: list[Batch], weights: list[float]) -> torch.Tensor:
@@ -160,13 +165,16 @@ class ExactHead:
 
 class ZerothOrder(OptimizerState):
     def __init__(self, model: nn.Module, cfg: MethodConfig, total_steps: int, seed: int,
-                 draw_batches: DrawBatches | None = None, log_update: UpdateLog | None = None) -> None:
+                 draw_batches: DrawBatches | None = None, log_update: UpdateLog | None = None,
+                 parallel: DataParallel | None = None) -> None:
         self.model = model
         self.log_update = log_update
+        self.parallel = parallel
         self.exact_head = ExactHead(model, cfg.head_lr) if cfg.head_grad == "exact" else None
         named = [(name, p) for name, p in trainable_named_parameters(model)
                  if self.exact_head is None or not self.exact_head.owns(p)]
-        self.optimizer = build_zo_optimizer(decay_param_groups(named, cfg.weight_decay), cfg, total_steps, seed)
+        self.optimizer = build_zo_optimizer(decay_param_groups(named, cfg.weight_decay), cfg, total_steps, seed,
+                                            parallel)
         self.snapshot_batches = SnapshotBatches(cfg.svrg_batches, draw_batches)
         self.scheduler = build_scheduler(self.optimizer, cfg, total_steps)
 
@@ -186,10 +194,12 @@ class ZerothOrder(OptimizerState):
         self.model.eval()
         weights = batch_weights(micro_batches)
         lr = current_lr(self.optimizer)
+        # On several processes the closure exchanges the ranks' losses (zoft.distributed): distribution lives there.
+        closure = (self.parallel.loss_closure(self.model, micro_batches) if self.parallel
+                   else lambda: mean_loss(self.model, micro_batches, weights))
         try:
             with self.exact_head.capturing() if self.exact_head else nullcontext():
-                stats = self.optimizer.step(lambda: mean_loss(self.model, micro_batches, weights),
-                                            full_closure=self.snapshot_batches.loss(self.model, micro_batches))
+                stats = self.optimizer.step(closure, full_closure=self.snapshot_batches.loss(self.model, micro_batches))
         except NonFiniteLossError as error:
             # The optimiser restored the parameters; the loop sees the non-finite loss and stops the run.
             return {"loss": math.nan, "loss_plus": error.loss_plus, "loss_minus": error.loss_minus, "lr": lr,

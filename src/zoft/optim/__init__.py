@@ -1,6 +1,7 @@
 """Optimisers that know tensors and closures only: nothing of tasks, models or configs."""
 
 from zoft.optim.zeroth_order import (
+    Exchange,
     Gaussian,
     LinearSchedule,
     LowRank,
@@ -14,6 +15,7 @@ from zoft.optim.zeroth_order import (
 from zoft.optim.zo_svrg import SVRGStepStats, ZerothOrderSVRG
 
 __all__ = [
+    "Exchange",
     "Gaussian",
     "LinearSchedule",
     "LowRank",

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from zoft import trajectory
 
-__all__ = ["Gaussian", "LinearSchedule", "LowRank", "NonFiniteLossError", "Perturbation", "Sparse", "ZOStepStats",
-           "ZerothOrderSGD", "decay_param_groups"]
+__all__ = ["Exchange", "Gaussian", "LinearSchedule", "LowRank", "NonFiniteLossError", "Perturbation", "Sparse",
+           "ZOStepStats", "ZerothOrderSGD", "decay_param_groups"]
 
 # Below 2**53 so that every seed survives a round trip through JSON readers that use doubles.
 _SEED_BOUND = 2**53
@@ -43,6 +43,10 @@ _NORM_NAME_MARKERS = ("layernorm", "layer_norm", "norm.")
 DEFAULT_MAX_CHUNK_NUMEL = 2**20
 
 Closure = Callable[[], "Tensor | float"]
+# exchange(seeds, measurements) -> measurements: the (loss+, loss-) of each of the step's directions (in the order
+# of its seeds) that the update is to use, from this process's own. Data-parallel training gathers the ranks'
+# measurements here (zoft.distributed); without one a process uses its own.
+Exchange = Callable[[list[int], list[tuple[float, float]]], list[tuple[float, float]]]
 # N per step: a constant, or a function of the number of steps taken so far (see LinearSchedule).
 PerturbationCount = int | Callable[[int], int]
 
@@ -502,6 +506,8 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
         self.perturbation = perturbation
         # Steps that applied an update; drives n_perturbations schedules (and the SVRG snapshot period).
         self.steps_taken = 0
+        # Set by ZerothOrderSGD only; the two-point losses consult it to defer their finiteness check.
+        self.exchange: Exchange | None = None
         self._seed_generator = torch.Generator().manual_seed(seed)
         self._normal_source = _NormalSource()
 
@@ -597,12 +603,14 @@ class _ZerothOrderOptimizer(torch.optim.Optimizer):
             self._perturb(direction, self.eps)
             applied = self.eps
             loss_plus = _loss_value(closure())
-            if not math.isfinite(loss_plus):
+            # With an exchange the check waits for the exchanged losses: every process then sees the same
+            # non-finite loss and stops at the same step, instead of one leaving the others waiting.
+            if not math.isfinite(loss_plus) and self.exchange is None:
                 raise NonFiniteLossError(direction.seed, index, loss_plus, loss_minus)
             self._perturb(direction, -2 * self.eps)
             applied = -self.eps
             loss_minus = _loss_value(closure())
-            if not math.isfinite(loss_minus):
+            if not math.isfinite(loss_minus) and self.exchange is None:
                 raise NonFiniteLossError(direction.seed, index, loss_plus, loss_minus)
             measured = True
         finally:
@@ -738,6 +746,10 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
             (LOZO) or :class:`Sparse`. Each has E[vec(z) vec(z)ᵀ] = I, so the estimate's mean and the
             meaning of lr and eps are the same; each is regenerated from the seed alone, so replay and
             resume work alike (the state dict records the distribution and refuses another one).
+        exchange: called once a step, after the losses are measured and before the update, with the step's
+            seeds and this process's (loss+, loss-) per direction; returns those the update uses. Data-parallel
+            training (:mod:`zoft.distributed`) gathers every rank's measurements here, so that all ranks apply
+            the same update. Non-finite losses are then checked after the exchange.
 
     The closure must be deterministic between its two calls (MeZO turns dropout off: call
     ``model.eval()``), and is called under ``torch.no_grad()``. Gradient accumulation is the caller's
@@ -763,6 +775,7 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         max_chunk_numel: int = DEFAULT_MAX_CHUNK_NUMEL,
         cache_z: bool = False,
         perturbation: Perturbation = DEFAULT_PERTURBATION,
+        exchange: Exchange | None = None,
     ) -> None:
         _check_hyperparameters(lr=lr, weight_decay=weight_decay, momentum=momentum)
         super().__init__(
@@ -770,6 +783,7 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
             eps=eps, n_perturbations=n_perturbations, seed=seed, max_chunk_numel=max_chunk_numel, cache_z=cache_z,
             perturbation=perturbation,
         )
+        self.exchange = exchange
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -788,6 +802,8 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         slices = self._trainable_slices()
         directions = self._draw_directions(slices)
         measurements = self._measure(closure, directions, restore_last=False)
+        if self.exchange is not None:
+            measurements = self._exchanged(directions, measurements)
         grads = self._projected_grads(measurements)
         self._update(slices, directions, grads)
         self.steps_taken += 1
@@ -815,6 +831,21 @@ class ZerothOrderSGD(_ZerothOrderOptimizer):
         self._measure(_no_forward, directions, restore_last=False)
         self._update(slices, directions, list(projected_grads))
         self.steps_taken += 1
+
+    def _exchanged(self, directions: list[_Direction], measurements: list[tuple[float, float]]
+                   ) -> list[tuple[float, float]]:
+        """The measurements the exchange returns, checked for finiteness. The parameters wait at ``p - eps*z`` of
+        the last direction (see ``_two_point_losses``): a failed exchange or a non-finite loss restores them."""
+        assert self.exchange is not None
+        try:
+            shared = self.exchange([direction.seed for direction in directions], measurements)
+            for index, (plus, minus) in enumerate(shared):
+                if not (math.isfinite(plus) and math.isfinite(minus)):
+                    raise NonFiniteLossError(directions[index].seed, index, plus, minus)
+        except BaseException:
+            self._perturb(directions[-1], self.eps)
+            raise
+        return shared
 
     def _buffers(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         if group["momentum"] == 0:
