@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from mezo_speed_memory import inference_step
 from transformers import AutoModelForSequenceClassification, LlamaConfig, PretrainedConfig, RobertaConfig
 
 from zoft.config import MethodConfig, ModelConfig
@@ -98,13 +99,7 @@ def build_step(config: PretrainedConfig, variant: str, batch: dict[str, torch.Te
     params = {"mezo-lora": "lora", "mezo-all": "all"}.get(variant)
     model = prepare_trainable(model, ModelConfig(), method, params).to(device)
     if variant == "inference":
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        model.eval()
-
-        def infer() -> None:
-            with torch.inference_mode():
-                model(**inputs)
-        return infer, model
+        return inference_step(model, batch), model
     lr = 1e-6 if variant == "mezo-all" else 1e-4
     trainer = build_method(model, MethodConfig(method=method, params=params, lr=lr, weight_decay=0.0,
                                                schedule="constant", warmup_ratio=0.0), total_steps=10**6, seed=0)

@@ -50,18 +50,33 @@ def setup(variant: str, args: argparse.Namespace, device: torch.device):
     model = prepare_trainable(model, ModelConfig(), method, params if method == "mezo" else None).to(device)
     batch = to_device(fixed_batch(args, tokenizer), device)
     if kind == "inference":
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        model.eval()
-
-        def infer() -> None:
-            with torch.inference_mode():
-                model(**inputs)
-
-        return infer, model
+        return inference_step(model, batch), model
     config = MethodConfig(method=method, params=params if method == "mezo" else None, lr=1e-6 if method == "mezo"
                           else 1e-4, weight_decay=0.0, schedule="constant", warmup_ratio=0.0)
     trainer = build_method(model, config, total_steps=10**6, seed=0)
     return (lambda: trainer.step([batch])), trainer
+
+
+def inference_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One forward of `batch` without its labels (no loss), in eval mode under inference_mode: the floor that
+    MeZO's two forwards are measured against."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    model.eval()
+
+    def infer() -> None:
+        with torch.inference_mode():
+            model(**inputs)
+
+    return infer
+
+
+def mezo_model_and_batch(params: str, args: argparse.Namespace,
+                         device: torch.device) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The benchmark model made trainable for MeZO on `params` (lora or all), on `device`, and the fixed batch."""
+    torch.manual_seed(0)
+    model, tokenizer = load_benchmark_model(args)
+    model = prepare_trainable(model, ModelConfig(), "mezo", params).to(device)
+    return model, to_device(fixed_batch(args, tokenizer), device)
 
 
 def fixed_batch(args: argparse.Namespace, tokenizer: object) -> dict[str, torch.Tensor]:

@@ -25,10 +25,7 @@ import numpy as np
 import torch
 import transformers
 
-from zoft.config import ModelConfig
-from zoft.data.batches import to_device
 from zoft.measure import pick_device
-from zoft.models import prepare_trainable
 
 LR, EPS = 1e-6, 1e-3
 PEERS = ("paper", "package")
@@ -82,10 +79,7 @@ def setup(variant: str, args: argparse.Namespace, device: torch.device):
     kind, params = variant.split("-")
     if kind == "mezo":
         return reference.setup(variant, args, device)
-    torch.manual_seed(0)
-    model, tokenizer = reference.load_benchmark_model(args)
-    model = prepare_trainable(model, ModelConfig(), "mezo", params).to(device)
-    batch = to_device(reference.fixed_batch(args, tokenizer), device)
+    model, batch = reference.mezo_model_and_batch(params, args, device)
     if kind == "paper":
         loop = PaperLoop(model, batch)
         return loop.step, loop

@@ -26,11 +26,9 @@ import mezo_speed_memory as reference
 import torch
 import transformers
 
-from zoft.config import MethodConfig, ModelConfig
-from zoft.data.batches import to_device
+from zoft.config import MethodConfig
 from zoft.measure import pick_device
 from zoft.methods import build_method
-from zoft.models import prepare_trainable
 from zoft.optim.zeroth_order import _buckets
 
 DISTRIBUTIONS = ("gaussian", "lowrank", "sparse")
@@ -42,10 +40,7 @@ def setup(variant: str, args: argparse.Namespace, device: torch.device):
     kind, params = variant.split("-")
     if kind == "inference":
         return reference.setup(variant, args, device)
-    torch.manual_seed(0)
-    model, tokenizer = reference.load_benchmark_model(args)
-    model = prepare_trainable(model, ModelConfig(), "mezo", params).to(device)
-    batch = to_device(reference.fixed_batch(args, tokenizer), device)
+    model, batch = reference.mezo_model_and_batch(params, args, device)
     config = MethodConfig(method="mezo", params=params, lr=1e-6, weight_decay=0.0, schedule="constant",
                           warmup_ratio=0.0, perturbation=kind)
     trainer = build_method(model, config, total_steps=10**6, seed=0)
