@@ -1,12 +1,13 @@
 """End to end: the installed `zoft` command trains LoRA on real MRPC with the packaged MiniLM, and beats the
 majority class.
 
-The run is test-sized: 60 steps on 320 examples, a linear head on mean-pooled MiniLM features of each sentence
+The run is test-sized: 30 steps on 320 examples, a linear head on mean-pooled MiniLM features of each sentence
 (u, v, |u-v|, u*v: the features MiniLM was trained to compare; the model's own BERT pooler was never trained
-and needs hundreds of steps, docs/results.md), 184 validation examples, evaluated at steps 0, 30 and 60.
-Measured at lr 3e-3: the random head starts at 53.9% test accuracy, then scores 70.8% (step 30, the best on
-validation) and 72.6% (step 60) against the majority class's 68.38%; the mean train loss of the first ten steps
-is 0.59, of the last ten 0.33 (the label prior's entropy is 0.63). About 45 s on 2 CPU cores.
+and needs hundreds of steps, docs/results.md), 184 validation examples, evaluated at steps 0 and 30.
+Measured at lr 3e-3: the random head starts at 53.9% test accuracy (58.7% validation), then scores 71.6% at
+step 30 (68.5% validation) against the majority class's 68.38%; the mean train loss of the first ten steps is
+0.59, of the last ten 0.51 (the label prior's entropy is 0.63: a head that learns only the class bias stays
+within about 0.03 of it over ten batches of 16). About 35 s on 2 CPU cores.
 """
 
 import json
@@ -37,7 +38,7 @@ def lora_run(tmp_path_factory, real_glue):
     run = tmp_path_factory.mktemp("e2e") / "mrpc-lora"
     options = [f"--{key.replace('_', '-')}={value}" for key, value in DATA.items()]
     command = [str(ZOFT), "train", "--task", "mrpc", "--model", "minilm", "--method", "lora", "--pooling", "mean",
-               "--pair-encoding", "separate", "--data-dir", str(real_glue), *options, "--steps", "60", "--lr", "3e-3",
+               "--pair-encoding", "separate", "--data-dir", str(real_glue), *options, "--steps", "30", "--lr", "3e-3",
                "--warmup-ratio", "0", "--eval-every", "30", "--log-every", "1", "--out", str(run)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=900,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -79,7 +80,7 @@ def test_lora_learns_past_the_majority_class(lora_run, real_glue):
     share = sum(labels) / len(labels)
     prior_entropy = -(share * math.log(share) + (1 - share) * math.log(1 - share))
     losses = [r["loss"] for r in records if r["kind"] == "train"]
-    assert len(losses) == 60
+    assert len(losses) == 30
     assert sum(losses[-10:]) / 10 < prior_entropy - 0.1
 
 
