@@ -162,10 +162,11 @@ class Placement:
 
     def describe(self, processes: Processes) -> str:
         each = f" of {processes.nproc} processes" if processes.nproc else ""
-        cores = f"on cpu, {self.threads} thread{'s' if self.threads > 1 else ''} a process ({usable_cores()} cores)"
-        gpus = f"on {len(self.gpus)} GPU(s) in turn (CUDA_VISIBLE_DEVICES), or {cores}" if self.gpus else cores
+        cpu = f"{self.threads} thread{'s' if self.threads > 1 else ''} a process ({usable_cores()} cores)"
+        cuda = (f"pinned to one of {len(self.gpus)} GPU(s) in turn (CUDA_VISIBLE_DEVICES)" if self.gpus
+                else "every GPU this process sees")
         return (f"{processes.jobs} run(s) at once, each a `zoft train`{each} with its console in <run folder>/"
-                f"{TRAIN_LOG}: {gpus}")
+                f"{TRAIN_LOG}; runs on the CPU: {cpu}; runs on CUDA: {cuda}")
 
 
 def child_argv(item: PendingRun, processes: Processes) -> list[str]:
