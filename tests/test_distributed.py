@@ -252,3 +252,37 @@ def test_a_checkpoint_resumes_with_the_world_size_it_was_saved_by():
     distributed.check_resumed(None, None)
     with pytest.raises(ZoftError, match="saved by 2 process"):
         distributed.check_resumed({"world_size": 2, "mode": SHARED_DIRECTION}, None)
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_the_same_world_size_resumes_bit_for_bit(run_args, tmp_path):
+    """`zoft train --nproc 2` stopped by SIGTERM: torchrun passes it to both ranks, which stop after the same step with
+    a checkpoint; `--resume --nproc 2` finishes the very run an uninterrupted one trains (MeZO is seed-driven)."""
+    argv = [sys.executable, "-m", "zoft", "train", *run_args, "--method", "mezo", "--steps", "60", "--eval-every",
+            "60", "--test-limit", "16", "--nproc", "2", "--out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    uninterrupted = subprocess.Popen([*argv, str(whole)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    launcher = subprocess.Popen([*argv, str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while not has_trained(stopped):
+            assert time.monotonic() < deadline and launcher.poll() is None, "the run did not start training"
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)
+        stderr = launcher.communicate(timeout=120)[1]
+        assert uninterrupted.wait(timeout=240) == 0
+    finally:
+        for process in (launcher, uninterrupted):
+            if process.poll() is None:
+                process.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM, stderr
+    assert f"continue with `zoft train --out {stopped} --resume --nproc 2`" in stderr
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 0 < summary["steps"] < 60
+    resumed = zoft("train", "--out", str(stopped), "--resume", "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((stopped / "summary.json").read_text())["steps"] == 60
+    expected, got = trained(whole), trained(stopped)
+    assert expected.keys() == got.keys() and all(torch.equal(got[name], expected[name]) for name in expected)
+    assert (stopped / "trajectory.bin").read_bytes() == (whole / "trajectory.bin").read_bytes()

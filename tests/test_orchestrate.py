@@ -2,14 +2,26 @@
 holds something (the same rule for both commands)."""
 
 import io
+from argparse import Namespace
 
 import pytest
+import torch
 
-from zoft import presets
+from zoft import orchestrate, presets
+from zoft.cli import child_processes, main
 from zoft.config import build_config
 from zoft.console import Console
 from zoft.errors import ZoftError
-from zoft.orchestrate import PlannedRun, layered_config, train_each
+from zoft.orchestrate import (
+    PendingRun,
+    Placement,
+    PlannedRun,
+    Processes,
+    child_argv,
+    layered_config,
+    train_each,
+    visible_gpus,
+)
 from zoft.runs import RunFolder, Status, Summary
 
 
@@ -96,3 +108,43 @@ def test_without_a_preset_the_packaged_one_for_task_model_and_method_is_taken(mo
     monkeypatch.delenv("GLUE_DIR", raising=False)
     config = layered_config("mezo-lora", {"task": "mrpc", "model": "minilm"})
     assert config.method.lr == build_config(presets.FOLDER / "mrpc-minilm-mezo-lora.yaml").method.lr
+
+
+# -- runs in child processes (the processes themselves: tests/test_sweep.py) --------------------------------------
+
+
+@pytest.mark.parametrize(("state", "tail"), [("new", ["--config"]), ("stale", ["--config", "--overwrite"]),
+                                             ("stopped", ["--resume"])])
+def test_a_child_starts_resumes_or_replaces_its_run_on_its_processes(tmp_path, config, state, tail):
+    item = PendingRun("sweep: 1/1 a", PlannedRun("a", config, RunFolder(tmp_path / "a")), state)
+    argv = child_argv(item, Processes(nproc=2, options=("--tensorboard",)))
+    assert argv[1:8] == ["-m", "zoft", "train", "--out", str(tmp_path / "a"), "--tensorboard", "--nproc"]
+    assert [a for a in argv[9:] if a.startswith("--")] == tail
+    if state != "stopped":  # the config a child starts from reads back equal: the next run keeps or resumes it
+        assert build_config(argv[argv.index("--config") + 1]) == config
+
+
+def test_runs_at_once_go_to_the_gpus_in_turn_or_share_the_cores(config, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert visible_gpus() == ("3", "5")  # the i-th of this process's GPUs, not the machine's i-th
+    monkeypatch.setattr(orchestrate, "pick_device", lambda name: torch.device("cuda"))
+    placement = Placement(("3", "5"), threads=4)
+    assert [placement.environment(config, slot) for slot in range(3)] == [
+        {"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}, {"CUDA_VISIBLE_DEVICES": "3"}]
+    monkeypatch.setattr(orchestrate, "pick_device", lambda name: torch.device("cpu"))
+    assert placement.environment(config, 1) == {"OMP_NUM_THREADS": "4"}
+    monkeypatch.setattr(orchestrate, "usable_cores", lambda: 8)
+    assert Placement.here(Processes(jobs=3)).threads == 2 and Placement.here(Processes(jobs=16)).threads == 1
+    assert Placement.here(Processes(nproc=2)) == Placement((), 4)  # one run on every GPU: none pinned
+
+
+def test_jobs_with_nproc_and_what_cannot_run_on_several_processes_are_refused(config, tmp_path, capsys):
+    assert main(["sweep", "--jobs", "2", "--nproc", "2", "--steps", "1", "--out", str(tmp_path), "--grid",
+                 "lr=1e-3"]) == 2
+    assert "zoft: error: --jobs and --nproc together are not supported" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ZoftError, match="mezo-lora: config key 'zo_estimator'"):
+        child_processes(Namespace(nproc=2, tensorboard=False), [build_config(overrides={"method": "mezo-lora",
+                                                                                          "zo_estimator": "svrg"})])
+    assert child_processes(Namespace(jobs=1, nproc=None, tensorboard=False), [config]) is None

@@ -2,8 +2,12 @@
 
 import csv
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
+import time
 
 import pytest
 import yaml
@@ -178,3 +182,53 @@ def test_only_a_grid_of_two_keys_gets_a_heat_map(tmp_path, keys):
     assert finish(results, grid, tmp_path / "out") is None
     assert (tmp_path / "out" / "heatmap.png").is_file() == (keys == 2)
     assert (tmp_path / "out" / "sweep.md").is_file()
+
+
+def test_a_sweep_of_jobs_stopped_by_a_signal_continues_and_marks_its_failed_point(tmp_path, tiny_run_args, capsys):
+    """--jobs 2: each point a child `zoft train` with its log; SIGTERM reaches the one training, which checkpoints;
+    run again, it resumes and finishes, while the other fails (its target module does not exist), named with its
+    log, and ranks last, crashed."""
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", str(out), *[a for a in tiny_run_args if a != "--quiet"], "--steps", "200",
+            "--eval-every", "200", "--test-limit", "16", "--method", "mezo-lora", "--jobs", "2",
+            "--grid", "target_modules=query,nosuch"]
+    good, bad = out / "runs" / "target_modules=query", out / "runs" / "target_modules=nosuch"
+    returned = threading.Event()
+
+    def stop_once_training() -> None:
+        deadline = time.monotonic() + 120
+        while not ((good / "metrics.jsonl").is_file() and '"kind": "train"' in (good / "metrics.jsonl").read_text()):
+            if time.monotonic() > deadline or returned.is_set():
+                return
+            time.sleep(0.05)
+        if not returned.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_training, daemon=True)
+    stopper.start()
+    try:
+        assert main(args) == 128 + signal.SIGTERM
+    finally:
+        returned.set()
+        stopper.join()
+    err = capsys.readouterr().err  # the failing point may have failed already, or been stopped while it loaded
+    assert "sweep: SIGTERM received: passed to the" in err and "run the same command again" in err
+    summary = json.loads((good / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 0 < summary["steps"] < 200 and (good / "checkpoint").is_dir()
+    assert summary["device"]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # the cores split
+    assert "SIGTERM received: stopping after this step" in (good / "train.log").read_text()
+    lines_before = (good / "metrics.jsonl").read_text().splitlines()
+
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert (f"zoft: error: sweep: 2/2 target_modules=nosuch failed (exit status 2; its log: {bad / 'train.log'}): "
+            "zoft: error: target_modules ['nosuch']: not found in the model") in err
+    assert f"sweep: 1/2 target_modules=query → {good} (resuming)" in err
+    assert "sweep: 1/2 target_modules=query: completed" in err
+    assert err.splitlines()[-1] == ("zoft: error: sweep: 1 of 2 run(s) failed: target_modules=nosuch "
+                                    f"(log: {bad / 'train.log'})")
+    summary = json.loads((good / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 200
+    assert (good / "metrics.jsonl").read_text().splitlines()[:len(lines_before)] == lines_before
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(row["target_modules"], row["status"]) for row in rows] == [("query", "completed"), ("nosuch", "crashed")]

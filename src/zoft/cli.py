@@ -17,6 +17,7 @@ from zoft.config import RunConfig, build_config, config_keys, load_yaml, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.method_names import METHODS, name_of
+from zoft.orchestrate import Processes, failure_message
 from zoft.report import write_report
 from zoft.runs import RunFolder, Status, Summary
 from zoft.sinks import MetricSink, TensorBoardSink
@@ -98,8 +99,27 @@ def train_callable(args: argparse.Namespace):
 
 def refuse_several_processes(command: str) -> None:
     if distributed.world_size() > 1:
-        raise ZoftError(f"zoft {command} does not run on several processes yet: launch `zoft train --nproc N` for "
-                        "each run")
+        raise ZoftError(f"zoft {command} does not run under torchrun: run `zoft {command} --nproc N` instead, which "
+                        "launches each run on N processes")
+
+
+def child_processes(args: argparse.Namespace, configs: Sequence[RunConfig]) -> Processes | None:
+    """How compare or sweep runs its trainings: in this process (None), or each in a child `zoft train` (several
+    at once with --jobs, each on --nproc processes); what cannot run so is refused before anything starts."""
+    jobs, nproc = getattr(args, "jobs", 1), args.nproc
+    if jobs < 1 or (nproc is not None and nproc < 1):
+        raise ZoftError("--jobs and --nproc take a number of at least 1")
+    if jobs > 1 and nproc is not None and nproc > 1:
+        raise ZoftError("--jobs and --nproc together are not supported: give each run several processes "
+                        "(--nproc) or run several runs at once (--jobs), not both")
+    if jobs == 1 and (nproc is None or nproc == 1):
+        return None
+    for config in configs if nproc and nproc > 1 else ():
+        problem = distributed.refusal(config)
+        if problem is not None:
+            raise ZoftError(f"--nproc {nproc}, {compare.method_name(config)}: {problem}")
+    return Processes(jobs=jobs, nproc=nproc if nproc and nproc > 1 else None,
+                     options=("--tensorboard",) if args.tensorboard else ())
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -112,11 +132,17 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.plan:
         print(compare.describe_plan(configs), end="")
         return 0
+    processes = child_processes(args, list(configs.values()))
     out = Path(args.out or f"runs/compare-{next(iter(configs.values())).data.task}")
-    folders = compare.run_all(configs, out, train_callable(args), overwrite=args.overwrite,
-                              console=Console(quiet=args.quiet))
-    report = write_report(folders, Path(args.report_dir) if args.report_dir else out / "report")
-    print(f"report: {report}")
+    folders, failed = compare.run_all(configs, out, train_callable(args), overwrite=args.overwrite,
+                                      console=Console(quiet=args.quiet), processes=processes)
+    reported = [folder for folder in folders if RunFolder(folder).summary_path.is_file()]  # a failed one may have none
+    if reported:
+        report = write_report(reported, Path(args.report_dir) if args.report_dir else out / "report")
+        print(f"report: {report}")
+    if failed:
+        print(failure_message(failed, len(folders), "compare"), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -127,13 +153,17 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.plan:
         print(compare.describe_plan({sweep.point_name(point): config for point, config in points}), end="")
         return 0
+    processes = child_processes(args, [config for _, config in points])
     out = Path(args.out or f"runs/sweep-{points[0][1].data.task}-{compare.method_name(points[0][1])}")
-    results = sweep.run_sweep(points, out, train_callable(args), overwrite=args.overwrite,
-                              console=Console(quiet=args.quiet))
+    results, failed = sweep.run_sweep(points, out, train_callable(args), overwrite=args.overwrite,
+                                      console=Console(quiet=args.quiet), processes=processes)
     tables = Path(args.report_dir) if args.report_dir else out
     best = sweep.finish(results, grid, tables)
     print(f"sweep table: {tables / 'sweep.md'}")
     print(f"best settings: {best}" if best else "no grid point completed: no best settings")
+    if failed:
+        print(failure_message(failed, len(points), "sweep"), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -161,6 +191,10 @@ PRESET_HELP = ("settings under the config options: a file of config keys or a pa
                "for the task and model")
 TENSORBOARD_HELP = ("also log every record to TensorBoard, in <run folder>/tensorboard (needs the tensorboard "
                     "package: pip install 'zoft[tensorboard]')")
+NPROC_HELP = ("{what} data-parallel in N processes on this machine, launched through torchrun "
+              "(torch.distributed.run; the same as `torchrun --standalone --nproc-per-node N -m zoft train ...`): MeZO "
+              "exchanges scalars only (zo_parallel), backprop all-reduces gradients (DDP); rank 0 writes the run "
+              "folder")
 PLAN_HELP = "print the fully resolved config of each run and exit, loading no weights (a hub model: its config.json)"
 
 
@@ -197,11 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: runs/<task>-<method>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
-    train.add_argument("--nproc", type=int, metavar="N",
-                       help="train data-parallel in N processes on this machine, launched through torchrun "
-                            "(torch.distributed.run; the same as `torchrun --standalone --nproc-per-node N -m zoft "
-                            "train ...`): MeZO exchanges scalars only (zo_parallel), backprop all-reduces gradients "
-                            "(DDP); rank 0 writes the run folder")
+    train.add_argument("--nproc", type=int, metavar="N", help=NPROC_HELP.format(what="train"))
     add_run_options(train, overwrite="replace a run already in the folder", quiet="print nothing but errors")
     train.set_defaults(handler=run_train)
 
@@ -216,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--preset", action="append", default=[], metavar="FILE|NAME",
                          help="a method's settings: a file (e.g. a sweep's best.yaml), a packaged preset, or a family "
                               "of them (paper-kshot: the MeZO paper's settings for each method); may be repeated")
+    compare.add_argument("--nproc", type=int, metavar="N",
+                         help=NPROC_HELP.format(what="train each method") + "; each run is a child `zoft train "
+                              "--nproc N`, its console in <run folder>/train.log")
     add_run_options(compare, quiet="print nothing but errors and the report path")
     compare.set_defaults(handler=run_compare)
 
@@ -225,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="sweep folder (default: runs/sweep-<task>-<method>)")
     sweep.add_argument("--report-dir", help="folder for the table, heat map and best.yaml (default: --out)")
     sweep.add_argument("--preset", metavar="FILE|NAME", help=PRESET_HELP)
+    sweep.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="train N grid points at once, each a child `zoft train` with its console in <run folder>/"
+                            "train.log: on GPUs each pinned to one in turn (CUDA_VISIBLE_DEVICES; more points than "
+                            "GPUs share them), on the CPU each given cores // N threads (default 1: one at a time, "
+                            "in this process)")
+    sweep.add_argument("--nproc", type=int, metavar="N",
+                       help=NPROC_HELP.format(what="train each grid point") + "; each point is a child `zoft train "
+                            "--nproc N`, its console in <run folder>/train.log (not with --jobs)")
     add_run_options(sweep, quiet="print nothing but errors and the result paths")
     sweep.set_defaults(handler=run_sweep)
 
@@ -245,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # How to continue after a stop that saved a checkpoint, per command; {out} is the run folder that stopped.
 CONTINUE_WITH = {
-    "train": "a checkpoint was saved: continue with `zoft train --out {out} --resume`",
+    "train": "a checkpoint was saved: continue with `zoft train --out {out} --resume{nproc}`",
     "compare": "run the same command again to continue the comparison",
     "sweep": "run the same command again to continue the sweep",
 }
@@ -273,8 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zoft: error: {error}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        print(f"zoft: interrupted{by_signal(stop.signum)}; {CONTINUE_WITH[args.command].format(out=stop.folder)}",
-              file=sys.stderr)
+        # on several processes, resumed by as many (the checkpoint holds their shares of the work)
+        nproc = f" --nproc {distributed.world_size()}" if distributed.world_size() > 1 else ""
+        print(f"zoft: interrupted{by_signal(stop.signum)}; "
+              f"{CONTINUE_WITH[args.command].format(out=stop.folder, nproc=nproc)}", file=sys.stderr)
         return exit_code(stop.signum)
     except KeyboardInterrupt as stop:  # a second signal (StoppedAtOnce), or Ctrl-C outside the training loop
         signum = getattr(stop, "signum", signal.SIGINT)

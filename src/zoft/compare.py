@@ -15,7 +15,7 @@ from zoft.config import RunConfig, build_config, to_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
 from zoft.method_names import name_of
-from zoft.orchestrate import PlannedRun, Train, layered_config, train_each
+from zoft.orchestrate import Failed, PlannedRun, Processes, Train, layered_config, train_each
 from zoft.runs import RunFolder
 
 
@@ -70,8 +70,10 @@ def describe_plan(configs: dict[str, RunConfig]) -> str:
 
 
 def run_all(configs: dict[str, RunConfig], out: Path, train: Train, overwrite: bool = False,
-            console: Console | None = None) -> list[Path]:
-    """Train each config into out/<method>, one after another; keep finished runs of the same config."""
+            console: Console | None = None, processes: Processes | None = None) -> tuple[list[Path], list[Failed]]:
+    """Train each config into out/<method>, one after another (in this process, or each in a child process:
+    `processes`); keep finished runs of the same config. Returns the run folders and the runs that failed."""
     runs = [PlannedRun(name, config, RunFolder(out / name)) for name, config in configs.items()]
-    train_each(runs, train, overwrite=overwrite, console=console or Console(), command="compare")
-    return [run.folder.path for run in runs]
+    failed = train_each(runs, train, overwrite=overwrite, console=console or Console(), command="compare",
+                        processes=processes)
+    return [run.folder.path for run in runs], failed

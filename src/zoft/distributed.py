@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import run as torchrun
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.nn.parallel import DistributedDataParallel
 
@@ -112,6 +113,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     except ChildFailedError as failed:  # torchrun has printed which rank failed and how
         codes = [failure.exitcode for failure in failed.failures.values() if failure.exitcode > 0]
         return codes[0] if codes else 1
+    except SignalException as stopped:  # torchrun passed the signal on to every rank, which stopped as train does
+        return 128 + stopped.sigval
     return 0
 
 

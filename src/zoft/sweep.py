@@ -23,7 +23,7 @@ from zoft.compare import method_name
 from zoft.config import RunConfig, build_config, config_keys, load_yaml
 from zoft.console import Console
 from zoft.errors import ZoftError
-from zoft.orchestrate import PlannedRun, Train, layered_config, train_each
+from zoft.orchestrate import Failed, PlannedRun, Processes, Train, layered_config, train_each
 from zoft.report.plots import plot_heat_map
 from zoft.report.text import markdown_table
 from zoft.runs import RunFolder, Status
@@ -81,12 +81,18 @@ def plan(grid: dict[str, list[str]], overrides: dict[str, Any], preset: Path | N
 
 
 def run_sweep(points: list[tuple[dict[str, str], RunConfig]], out: Path, train: Train, overwrite: bool = False,
-              console: Console | None = None) -> list[SweepResult]:
-    """Train every grid point into out/runs/<point>, one after another, and rank them on validation."""
+              console: Console | None = None, processes: Processes | None = None
+              ) -> tuple[list[SweepResult], list[Failed]]:
+    """Train every grid point into out/runs/<point> (in this process one after another, or in child processes,
+    several at once: `processes`) and rank them on validation; a point whose child failed ranks last, crashed."""
     runs = [PlannedRun(point_name(point), config, RunFolder(out / "runs" / point_name(point)))
             for point, config in points]
-    train_each(runs, train, overwrite=overwrite, console=console or Console(), command="sweep")
-    return rank([_result(point, run.folder) for (point, _), run in zip(points, runs, strict=True)])
+    failed = train_each(runs, train, overwrite=overwrite, console=console or Console(), command="sweep",
+                        processes=processes)
+    failed_folders = {failure.run.folder.path for failure in failed}
+    results = [_result(point, run.folder) if run.folder.path not in failed_folders else _failed(point, run.folder)
+               for (point, _), run in zip(points, runs, strict=True)]
+    return rank(results), failed
 
 
 def rank(results: list[SweepResult]) -> list[SweepResult]:
@@ -107,6 +113,14 @@ def _result(point: dict[str, str], folder: RunFolder) -> SweepResult:
     return SweepResult(point=point, folder=folder.path, status=summary.status, select_metric=key,
                        score=summary.best.get(key), best_step=summary.best["step"],
                        final_score=summary.final.get(key), steps=summary.steps)
+
+
+def _failed(point: dict[str, str], folder: RunFolder) -> SweepResult:
+    """A point whose `zoft train` failed: crashed, unranked, whatever an earlier attempt's summary said."""
+    earlier = folder.read_summary() if folder.summary_path.is_file() else None
+    return SweepResult(point=point, folder=folder.path, status=Status.CRASHED,
+                       select_metric=earlier.select_key if earlier else "validation score", score=None,
+                       best_step=None, final_score=None, steps=earlier.steps if earlier else 0)
 
 
 def write_table(results: list[SweepResult], out: Path) -> None:

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -112,6 +112,21 @@ class StopRequest(threading.Event):
 
 
 @contextmanager
+def stop_signals_handled(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for Ctrl-C, SIGTERM and SIGHUP while inside, the previous handlers back after; in the main thread
+    only (Python delivers signals to no other, and refuses handlers set from one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
+
+
+@contextmanager
 def stop_requests() -> Iterator[StopRequest]:
     """Ctrl-C, SIGTERM or SIGHUP asks the loop to stop after the current step, so the checkpoint it saves is
     consistent.
@@ -120,9 +135,6 @@ def stop_requests() -> Iterator[StopRequest]:
     a second signal stops at once, and the last periodic checkpoint stays the one to resume from.
     """
     stop = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
 
     def request_stop(signum: int, frame: object) -> None:
         if stop.is_set():
@@ -133,12 +145,8 @@ def stop_requests() -> Iterator[StopRequest]:
         print(f"\nzoft: {signal.Signals(signum).name} received: stopping after this step ({again} again to stop "
               "at once)", file=sys.stderr, flush=True)
 
-    previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
-    try:
+    with stop_signals_handled(request_stop):
         yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 # A spent budget as a number the ranks agree on by their maximum (the later in the tuple wins).
