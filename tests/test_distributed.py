@@ -161,10 +161,9 @@ def trained(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "checkpoint" / "trainable.safetensors")
 
 
-@pytest.mark.parametrize("method", [["--method", "mezo"], ["--method", "lora", "--lora-dropout", "0"]],
-                         ids=["mezo-shared-direction", "ddp-lora"])
-def test_two_processes_train_what_one_process_trains(method, run_args, tmp_path):
-    common = [*run_args, *method, "--steps", "4", "--replica-check-every", "2"]
+def test_two_ddp_processes_train_what_one_process_trains(run_args, tmp_path):
+    """DDP LoRA (MeZO on 2 processes: the SIGTERM test below, stopped, resumed and compared with one process)."""
+    common = [*run_args, "--method", "lora", "--lora-dropout", "0", "--steps", "4", "--replica-check-every", "2"]
     # the one-process reference in this process (one thread, as each rank has): the ranks are the subprocesses
     assert main(["train", *common, "--out", str(tmp_path / "one")]) == 0
     two = zoft("train", *common, "--out", str(tmp_path / "two"), "--nproc", "2")
@@ -181,17 +180,14 @@ def test_two_processes_train_what_one_process_trains(method, run_args, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 4  # rank 0 alone wrote the metrics: one line a step
-    if method[1] == "mezo":
-        assert group["mode"] == SHARED_DIRECTION
-        assert group["step_exchange_bytes"] == 32 and all(r["exchanged_bytes"] == 32 for r in train)  # 2 x (sum, rows)
-        assert main(["replay", str(tmp_path / "two")]) == 0
-        rebuilt = load_file(tmp_path / "two" / "replay-4.safetensors")
-        assert all(torch.equal(rebuilt[name], got[name]) for name in got)  # the trajectory holds what the ranks did
-    else:
-        assert group["mode"] == "ddp"
-        lora_bytes = sum(t.numel() * 4 for t in got.values())
-        assert group["step_exchange_bytes"] == lora_bytes + 8  # the adapters' and head's gradients, and the loss
+    assert group["mode"] == "ddp"
+    lora_bytes = sum(t.numel() * 4 for t in got.values())
+    assert group["step_exchange_bytes"] == lora_bytes + 8  # the adapters' and head's gradients, and the loss
     assert "distributed" not in json.loads((tmp_path / "one" / "summary.json").read_text())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def free_port() -> int:
@@ -254,16 +250,17 @@ def test_a_checkpoint_resumes_with_the_world_size_it_was_saved_by():
         distributed.check_resumed({"world_size": 2, "mode": SHARED_DIRECTION}, None)
 
 
-def test_sigterm_to_the_launcher_checkpoints_and_the_same_world_size_resumes_bit_for_bit(run_args, tmp_path):
+def test_sigterm_to_the_launcher_checkpoints_and_the_same_world_size_resumes(run_args, tmp_path):
     """`zoft train --nproc 2` stopped by SIGTERM: torchrun passes it to both ranks, which stop after the same step with
-    a checkpoint; `--resume --nproc 2` finishes the very run an uninterrupted one trains (MeZO is seed-driven)."""
-    argv = [sys.executable, "-m", "zoft", "train", *run_args, "--method", "mezo", "--steps", "60", "--eval-every",
-            "60", "--test-limit", "16", "--nproc", "2", "--out"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    a checkpoint; `--resume --nproc 2` finishes the run that one process trains uninterrupted (the reference runs in
+    this process, before the ranks start: never two runs at once on this machine's cores)."""
+    common = [*run_args, "--method", "mezo", "--steps", "60", "--eval-every", "60", "--test-limit", "16",
+              "--replica-check-every", "20"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    uninterrupted = subprocess.Popen([*argv, str(whole)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    launcher = subprocess.Popen([*argv, str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=env)
+    assert main(["train", *common, "--out", str(whole)]) == 0
+    launcher = subprocess.Popen([sys.executable, "-m", "zoft", "train", *common, "--nproc", "2", "--out", str(stopped)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 180
         while not has_trained(stopped):
@@ -271,18 +268,29 @@ def test_sigterm_to_the_launcher_checkpoints_and_the_same_world_size_resumes_bit
             time.sleep(0.05)
         launcher.send_signal(signal.SIGTERM)
         stderr = launcher.communicate(timeout=120)[1]
-        assert uninterrupted.wait(timeout=240) == 0
     finally:
-        for process in (launcher, uninterrupted):
-            if process.poll() is None:
-                process.kill()
+        if launcher.poll() is None:
+            launcher.kill()
     assert launcher.returncode == 128 + signal.SIGTERM, stderr
     assert f"continue with `zoft train --out {stopped} --resume --nproc 2`" in stderr
     summary = json.loads((stopped / "summary.json").read_text())
     assert summary["status"] == "interrupted" and 0 < summary["steps"] < 60
     resumed = zoft("train", "--out", str(stopped), "--resume", "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((stopped / "summary.json").read_text())["steps"] == 60
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 60
+    group = summary["distributed"]
+    assert (group["world_size"], group["backend"], group["writer"], group["mode"]) == (2, "gloo", "rank 0",
+                                                                                       SHARED_DIRECTION)
+    assert group["last_replica_check"] == 60
+    train = [r for r in read_jsonl(stopped / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 61))  # rank 0 alone wrote: one line a step, none twice
+    assert group["step_exchange_bytes"] == 32 and all(r["exchanged_bytes"] == 32 for r in train)  # 2 x (sum, rows)
+    assert "distributed" not in json.loads((whole / "summary.json").read_text())
     expected, got = trained(whole), trained(stopped)
-    assert expected.keys() == got.keys() and all(torch.equal(got[name], expected[name]) for name in expected)
-    assert (stopped / "trajectory.bin").read_bytes() == (whole / "trajectory.bin").read_bytes()
+    assert expected.keys() == got.keys()
+    for name in expected:  # float tolerance: the ranks sum their losses in float64, one process takes its mean
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+    assert main(["replay", str(stopped)]) == 0  # the trajectory of both processes holds every step, resumed or not
+    rebuilt = load_file(stopped / "replay-60.safetensors")
+    assert all(torch.equal(rebuilt[name], got[name]) for name in got)
