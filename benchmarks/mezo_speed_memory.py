@@ -113,14 +113,26 @@ def measure_times(args: argparse.Namespace, device: torch.device) -> dict[str, f
 
 def interleaved_samples(steps: dict[str, Callable[[], object]], repeats: int,
                         device: torch.device) -> dict[str, list[float]]:
-    """Seconds of each step over `repeats` rounds, each round calling every step once, after one warm-up call."""
+    """Seconds of each step over `repeats` rounds, each round calling every step once, after one warm-up call;
+    sample i of every step is from round i."""
     for step in steps.values():  # warm-up: allocator, kernels, first-call overheads
         step()
     samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            samples[name].append(seconds_of_one_call(step, device))
+    for round_ in range(repeats):
+        # The order reverses every round, so that no step always runs right after the same other one.
+        for name in list(steps) if round_ % 2 == 0 else reversed(list(steps)):
+            samples[name].append(seconds_of_one_call(steps[name], device))
     return samples
+
+
+def paired_ratio(ours: list[float], peers: list[float]) -> tuple[float, float, float]:
+    """Median, lower and upper quartile over the rounds of ours[i] ÷ peers[i], two times measured back to back:
+    their ratio cancels the shared machine's slower drifts (other processes), which a ratio of medians keeps."""
+    ratios = [mine / theirs for mine, theirs in zip(ours, peers, strict=True)]
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), low, high
 
 
 def print_profile(variant: str, args: argparse.Namespace, device: torch.device,

@@ -12,7 +12,9 @@ gradient clipping at 1.0, lr 5e-4 (LoRA) / 5e-5 (full), no evaluation, no checkp
 Seconds per optimiser step: medians over interleaved rounds in one process; in each round every variant runs
 `--chunk` steps after one untimed step (zoft: `method.step([batch])`; Trainer: one `trainer.train()` of
 chunk + 1 steps, timed between consecutive `on_step_end` callbacks, so its data loading, clipping,
-optimiser, scheduler and callbacks count, and its per-call set-up does not). Peak memory: each variant in a
+optimiser, scheduler and callbacks count, and its per-call set-up does not), the order of the variants
+reversing every round; the ratio is the median over the rounds of zoft's round median ÷ the Trainer's (their
+quartiles beside it), which cancels the shared machine's drifts. Peak memory: each variant in a
 fresh process over `--repeats` steps after a first one, as in benchmarks/hf_trainer_memory.py. Prints the
 table and the ratios zoft ÷ Trainer (target ≤ 1.00).
 """
@@ -102,24 +104,26 @@ def trainer_peak(variant: str, args: argparse.Namespace, device: torch.device) -
     return reference.peak_bytes(measured.report, device)
 
 
-def measure_times(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def measure_times(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+    """Per variant, the median seconds per step of each round's chunk (item i from round i)."""
     zoft_steps = {variant: zoft_setup(variant, args, device)[0] for variant in VARIANTS if variant.startswith("zoft")}
     timers = {variant: StepTimes() for variant in VARIANTS if variant.startswith("trainer")}
     trainers = {variant: build_trainer(variant, args, device, args.chunk + 1, timer)
                 for variant, timer in timers.items()}
-    samples: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-    for _ in range(args.rounds):
-        for variant in VARIANTS:
+    rounds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    for round_ in range(args.rounds):
+        # The order reverses every round, so that no variant always runs right after the same other one.
+        for variant in VARIANTS if round_ % 2 == 0 else reversed(VARIANTS):
             if variant in trainers:
+                timers[variant].seconds.clear()
                 with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its train metrics
                     trainers[variant].train()
-                continue
-            zoft_steps[variant]()  # the untimed first step, as the Trainer's
-            samples[variant] += [reference.seconds_of_one_call(zoft_steps[variant], device)
-                                 for _ in range(args.chunk)]
-    for variant, timer in timers.items():
-        samples[variant] = timer.seconds
-    return {variant: statistics.median(values) for variant, values in samples.items()}
+                seconds = timers[variant].seconds
+            else:
+                zoft_steps[variant]()  # the untimed first step, as the Trainer's
+                seconds = [reference.seconds_of_one_call(zoft_steps[variant], device) for _ in range(args.chunk)]
+            rounds[variant].append(statistics.median(seconds))
+    return rounds
 
 
 def main() -> None:
@@ -138,18 +142,21 @@ def main() -> None:
         print(json.dumps({"peak_bytes": peak}))
         return
     peaks = {variant: reference.peak_memory_in_fresh_process(variant, args, script=__file__) for variant in VARIANTS}
-    times = measure_times(args, device)
+    rounds = measure_times(args, device)
+    times = {variant: statistics.median(values) for variant, values in rounds.items()}
     kind = "GPU allocator peak" if device.type == "cuda" else "peak RSS over the steps"
     print(f"model {args.model}, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}; "
-          f"time: median of {args.rounds} × {args.chunk} interleaved steps; memory: fresh process, {kind}")
+          f"time: median over {args.rounds} interleaved rounds of each round's median of {args.chunk} steps; "
+          f"memory: fresh process, {kind}")
     print(f"{'variant':<14}{'s/step':>9}{'peak MB':>10}")
     for variant in VARIANTS:
         print(f"{variant:<14}{times[variant]:>9.4f}{peaks[variant] / 2**20:>10.1f}")
     print()
     for method in ("lora", "full"):
         zoft, hf = f"zoft-{method}", f"trainer-{method}"
-        print(f"{method:<5} zoft ÷ Trainer: time {times[zoft] / times[hf]:.3f}, peak {peaks[zoft] / peaks[hf]:.3f}"
-              f"   (target ≤ 1.00)")
+        median, low, high = reference.paired_ratio(rounds[zoft], rounds[hf])
+        print(f"{method:<5} zoft ÷ Trainer: time {median:.3f} (quartiles {low:.3f}–{high:.3f}; ratio of medians "
+              f"{times[zoft] / times[hf]:.3f}), peak {peaks[zoft] / peaks[hf]:.3f}   (target ≤ 1.00)")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ place), a separate inference_mode forward for each loss, the projected gradient 
 package (PyPI mezo 0.0.1, `update`) is measured where it imports: it declares transformers < 5, so it is not in
 zoft's environment; `pip download mezo --no-deps` then unzipping the wheel into a folder on PYTHONPATH makes it
 importable (its mezo.py needs torch only). Every variant: same model, MRPC batch, lr 1e-6, eps 1e-3, no weight
-decay, constant rate, LoRA (zoft's default config) or all weights. Time: medians of interleaved repetitions;
-peak memory: each variant in a fresh process (benchmarks/mezo_speed_memory.py's measure). Ratios zoft ÷ peer,
-target ≤ 1.00.
+decay, constant rate, LoRA (zoft's default config) or all weights. Time: medians of interleaved repetitions
+(the order reversing every round); the ratio is the median over the rounds of the two steps' ratio in that
+round (quartiles beside it), which cancels the shared machine's drifts; peak memory: each variant in a fresh
+process (benchmarks/mezo_speed_memory.py's measure). Ratios zoft ÷ peer, target ≤ 1.00.
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ def setup(variant: str, args: argparse.Namespace, device: torch.device):
     return package_step, model
 
 
-def measure_times(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def measure_times(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per step of every variant, sample i of each from round i."""
     steps = {variant: setup(variant, args, device)[0] for variant in variants()}
-    samples = reference.interleaved_samples(steps, args.repeats, device)
-    return {name: float(np.median(values)) for name, values in samples.items()}
+    return reference.interleaved_samples(steps, args.repeats, device)
 
 
 def main() -> None:
@@ -110,7 +111,8 @@ def main() -> None:
         print(json.dumps({"peak_bytes": reference.measure_peak_memory(args.memory_of, args, device, build=setup)}))
         return
     peaks = {variant: reference.peak_memory_in_fresh_process(variant, args, script=__file__) for variant in variants()}
-    times = measure_times(args, device)
+    samples = measure_times(args, device)
+    times = {variant: float(np.median(values)) for variant, values in samples.items()}
     kind = "GPU allocator peak" if device.type == "cuda" else "peak RSS over the steps"
     print(f"model {args.model}, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}; "
           f"time: median of {args.repeats} interleaved steps; memory: fresh process, {kind}")
@@ -124,8 +126,10 @@ def main() -> None:
         kind, params = variant.split("-")
         if kind != "mezo":
             ours = f"mezo-{params}"
-            print(f"MeZO({params}) zoft ÷ {kind}: time {times[ours] / times[variant]:.3f}, "
-                  f"peak {peaks[ours] / peaks[variant]:.3f}   (target ≤ 1.00)")
+            median, low, high = reference.paired_ratio(samples[ours], samples[variant])
+            print(f"MeZO({params}) zoft ÷ {kind}: time {median:.3f} (quartiles {low:.3f}–{high:.3f}; ratio of "
+                  f"medians {times[ours] / times[variant]:.3f}), peak {peaks[ours] / peaks[variant]:.3f}"
+                  f"   (target ≤ 1.00)")
 
 
 if __name__ == "__main__":

@@ -73,12 +73,14 @@ def time_to_accuracy(metrics: Path, thresholds: tuple[float, ...]) -> list[Reach
 
 
 def print_table(folders: list[Path], thresholds: tuple[float, ...] | None) -> None:
-    print(f"{'run':<26}{'test acc ≥':>11}{'step':>7}{'train s':>9}{'elapsed s':>11}  commit, machine")
+    print(f"{'run':<26}{'test acc ≥':>11}{'step':>7}{'train s':>9}{'elapsed s':>11}  majority class; commit, machine")
     for folder in folders:
         summary = json.loads((folder / "summary.json").read_text())
         task = summary["task"]
         device = summary["device"]
-        where = f"{(summary.get('git_commit') or '?')[:7]}, {device['type']} {device.get('threads', '')} threads"
+        # The majority class's share of the test split: an accuracy means something only above it.
+        where = (f"majority {summary['majority_baseline']['accuracy']:.2%}; {(summary.get('git_commit') or '?')[:7]}, "
+                 f"{device['type']} {device.get('threads', '')} threads")
         for row in time_to_accuracy(folder / "metrics.jsonl", thresholds or THRESHOLDS.get(task, (0.5,))):
             if row.step is None:
                 step = f"not reached by step {summary['steps']} (best test {best_test(folder):.2%})"
