@@ -244,6 +244,36 @@ def test_what_does_not_run_on_several_processes_is_refused_naming_the_key(overri
     assert distributed.refusal(build_config(overrides={"method": "mezo", "model": "minilm"})) is None
 
 
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """torchrun's environment for a group of one, read as a data-parallel run: join's lifecycle, in this process."""
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+
+
+def test_the_group_a_run_starts_is_destroyed_when_it_ends_however_it_ends(torchrun_env):
+    """A group left to the interpreter's exit aborted a rank after a completed run (Gloo's threads, SIGABRT)."""
+    config = build_config(overrides={"method": "mezo", "model": "minilm", "device": "cpu"})
+    with distributed.join(config) as parallel:
+        assert dist.is_initialized() and parallel.world_size == 1
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="a crash"), distributed.join(config):
+        raise RuntimeError("a crash")
+    assert not dist.is_initialized()
+
+
+def test_a_group_the_caller_started_is_left_to_the_caller(torchrun_env):
+    dist.init_process_group("gloo")
+    try:
+        with distributed.join(build_config(overrides={"method": "mezo", "model": "minilm", "device": "cpu"})):
+            pass
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_checkpoint_resumes_with_the_world_size_it_was_saved_by():
     distributed.check_resumed(None, None)
     with pytest.raises(ZoftError, match="saved by 2 process"):

@@ -84,11 +84,16 @@ def refusal(config: RunConfig) -> str | None:
     return None
 
 
-def join(config: RunConfig) -> DataParallel | None:
-    """The data-parallel group of this process, from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
-    MASTER_PORT, LOCAL_RANK), the process group started on first use; None for one process."""
+@contextmanager
+def join(config: RunConfig) -> Iterator[DataParallel | None]:
+    """The data-parallel group of this process for the length of a run, from torchrun's environment (RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK); None for one process. A process group this starts is
+    destroyed when the run ends, however it ends: left to the interpreter's exit, Gloo's worker threads outlive
+    it and abort the process (SIGABRT, "terminate called without an active exception") after a run that
+    completed. A group the caller started is the caller's to destroy."""
     if world_size() <= 1:
-        return None
+        yield None
+        return
     problem = refusal(config)
     if problem is not None:
         raise ZoftError(problem)
@@ -98,11 +103,16 @@ def join(config: RunConfig) -> DataParallel | None:
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise ZoftError(f"config key 'device': several processes run on cpu (Gloo) or cuda (NCCL), not {device.type}")
-    if not dist.is_initialized():
+    started = not dist.is_initialized()
+    if started:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=config.train.dist_timeout))
     mode = config.method.zo_parallel if config.method.method == "mezo" else DDP
-    return DataParallel(mode, device, config.train.replica_check_every, config.train.dist_timeout)
+    try:
+        yield DataParallel(mode, device, config.train.replica_check_every, config.train.dist_timeout)
+    finally:
+        if started:
+            dist.destroy_process_group()
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:

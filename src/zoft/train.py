@@ -501,36 +501,36 @@ def train(config: RunConfig, out: str | Path, *, overwrite: bool = False, resume
 
     Under torchrun (WORLD_SIZE > 1) it trains data-parallel (zoft.distributed): rank 0 writes the run folder
     and prints, the other ranks write nothing and print only errors."""
-    parallel = distributed.join(config)
-    run = parallel.run_folder(out) if parallel else RunFolder(out)
-    run.check(overwrite=overwrite, resume=resume)
-    if parallel and not parallel.writes:
-        console, sinks = Console(quiet=True), ()
-    console = console or Console()
-    trainer = Trainer(config, run, console, sinks, parallel)
-    trainer.setup()
-    if resume:
-        trainer.restore_checkpoint()
-    else:
-        run.begin(config, overwrite=overwrite)
-        trainer.begin_trajectory()
-    if parallel:
-        trainer.check_replicas()
-    console.start(trainer.describe(), total=trainer.total_steps, done=trainer.state.step)
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    started = time.perf_counter() - trainer.state.train_seconds - trainer.state.eval_seconds
-    status = Status.CRASHED
-    try:
-        with measure_memory(trainer.device) as memory, stop_requests() as stop:
-            ended = trainer.loop(stop)
+    with distributed.join(config) as parallel:
+        run = parallel.run_folder(out) if parallel else RunFolder(out)
+        run.check(overwrite=overwrite, resume=resume)
+        if parallel and not parallel.writes:
+            console, sinks = Console(quiet=True), ()
+        console = console or Console()
+        trainer = Trainer(config, run, console, sinks, parallel)
+        trainer.setup()
+        if resume:
+            trainer.restore_checkpoint()
+        else:
+            run.begin(config, overwrite=overwrite)
+            trainer.begin_trajectory()
         if parallel:
             trainer.check_replicas()
-        trainer.save_checkpoint()
-        status = ended  # only once the last checkpoint is on disk: a failed save (a full disk) is a crash
-    finally:
-        summary = trainer.summary(status, memory.to_dict(), time.perf_counter() - started)
-        summary.command, summary.started_at = command, started_at
-        _close_sinks(trainer.sinks, summary)
-    if status == Status.INTERRUPTED:
-        raise Interrupted(run.path, stop.signum)
-    return summary
+        console.start(trainer.describe(), total=trainer.total_steps, done=trainer.state.step)
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = time.perf_counter() - trainer.state.train_seconds - trainer.state.eval_seconds
+        status = Status.CRASHED
+        try:
+            with measure_memory(trainer.device) as memory, stop_requests() as stop:
+                ended = trainer.loop(stop)
+            if parallel:
+                trainer.check_replicas()
+            trainer.save_checkpoint()
+            status = ended  # only once the last checkpoint is on disk: a failed save (a full disk) is a crash
+        finally:
+            summary = trainer.summary(status, memory.to_dict(), time.perf_counter() - started)
+            summary.command, summary.started_at = command, started_at
+            _close_sinks(trainer.sinks, summary)
+        if status == Status.INTERRUPTED:
+            raise Interrupted(run.path, stop.signum)
+        return summary
