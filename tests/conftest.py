@@ -226,3 +226,53 @@ def _parses_or_one_line_error(read) -> None:
 def parses_or_one_line_error():
     """For the fuzz tests (tests/data/test_fuzz_readers.py, tests/test_fuzz_config.py)."""
     return _parses_or_one_line_error
+
+
+TINY_DECODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _tiny_decoder(folder: Path, family: str) -> Path:
+    """A 2-layer decoder-only model of `family` (llama, opt, qwen2) with random weights and a byte-level BPE
+    tokenizer trained here (as for tiny_roberta) that puts a BOS before every sequence and has no pad token,
+    as Llama's does: load_pretrained pads with EOS. transformers picks Qwen2's own tokenizer class for a qwen2
+    folder, which pads with <|endoftext|>: the vocabulary holds it."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    corpus = [f"so. It was {word}. This is {word}?\n{word} Yes or No?\n{word}" for word in LABEL_WORDS] * 20
+    corpus += ["a gripping, funny film", "dull", "the plot is thin and the acting is worse", "A man sleeps."] * 5
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=600, min_frequency=1,
+                            special_tokens=["<s>", "</s>", "<unk>", "<|endoftext|>"])
+    backend = bpe._tokenizer  # the tokenizers.Tokenizer inside the implementation wrapper
+    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": 0, "eos_token_id": 1}
+    if family == "opt":
+        model = OPTForCausalLM(OPTConfig(ffn_dim=64, max_position_embeddings=256, word_embed_proj_dim=32,
+                                         pad_token_id=1, **ids, **{k: v for k, v in TINY_DECODER.items()
+                                                                   if k != "intermediate_size"}))
+    else:
+        config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM),
+                                     "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
+        model = model_class(config_class(max_position_embeddings=256, num_key_value_heads=1, **ids, **TINY_DECODER))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random LlamaForCausalLM, OPTForCausalLM and Qwen2ForCausalLM folders, by family."""
+    torch.manual_seed(0)
+    return {family: _tiny_decoder(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+            for family in ("llama", "opt", "qwen2")}

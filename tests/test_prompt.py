@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from zoft import presets
 from zoft.cli import build_parser, main
@@ -15,10 +15,14 @@ from zoft.config import ModelConfig, build_config
 from zoft.data.batches import collate, encode
 from zoft.data.sources import Examples
 from zoft.data.splits import load_task_data
-from zoft.data.templates import DEFAULT_TEMPLATES, Template
+from zoft.data.tasks import get_task
+from zoft.data.templates import DEFAULT_TEMPLATES, Template, task_template
+from zoft.errors import ZoftError
 from zoft.evaluate import evaluate_split
 from zoft.models import add_lora, input_format, prepare_trainable
-from zoft.prompt import PromptClassifier, lm_head
+from zoft.optim.zeroth_order import ZerothOrderSGD
+from zoft.pretrained import load_pretrained
+from zoft.prompt import CausalPromptClassifier, PromptClassifier, lm_head
 from zoft.runs import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,6 +208,107 @@ def test_save_and_reload_reproduce_the_logits(tiny_bert_mlm, tmp_path, lora):
     assert json.loads((tmp_path / "zoft_prompt.json").read_text())["label_words"] == ["terrible", "great"]
 
 
+# -- decoder-only models -----------------------------------------------------------------------------------
+
+DECODERS = ("llama", "opt", "qwen2")
+
+
+def causal_model(folder: Path, task: str) -> tuple[CausalPromptClassifier, object, Template]:
+    decoder, tokenizer = load_pretrained(AutoModelForCausalLM, str(folder))
+    template = task_template(get_task(task), causal=True)
+    return CausalPromptClassifier(decoder, template, template.label_token_ids(tokenizer)).eval(), tokenizer, template
+
+
+RTE = Examples([("A man sleeps. ", " The man is asleep."), ("A gripping film.", "It is dull .")], [0, 1])
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_a_decoder_scores_the_label_words_as_the_next_token_after_the_prompt(tiny_decoders, family):
+    model, tokenizer, template = causal_model(tiny_decoders[family], "sst2")
+    features = template.encode(SST2, tokenizer, 64)
+    assert len({len(f["input_ids"]) for f in features}) == 3  # three lengths: padding moves the last token
+    tokenizer.padding_side = "right"
+    right = collate(features, tokenizer)
+    with torch.no_grad():
+        plain = model.backbone(input_ids=right["input_ids"], attention_mask=right["attention_mask"]).logits
+        expected = plain[torch.arange(3), right["attention_mask"].sum(-1) - 1][:, model.label_token_ids]
+        output = model(**right)
+        tokenizer.padding_side = "left"
+        left = collate(features, tokenizer)
+        assert (left["attention_mask"][:, 0] == 0).any()
+        from_left = model(**left).logits
+    torch.testing.assert_close(output.logits, expected)
+    torch.testing.assert_close(from_left, expected, rtol=1e-4, atol=1e-5)  # positions count attended tokens only
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(expected, right["labels"]))
+
+
+def test_a_causal_prompt_has_the_bos_and_stops_where_the_label_word_goes(tiny_decoders):
+    _, tokenizer, template = causal_model(tiny_decoders["llama"], "sst2")
+    feature = template.encode(SST2, tokenizer, 64)[1]
+    assert tokens(tokenizer, feature)[0] == "<s>" and "</s>" not in tokens(tokenizer, feature)
+    assert tokenizer.decode(feature["input_ids"][1:]) == "dull It was"
+    assert template.label_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids(w) for w in ("Ġterrible", "Ġgreat")]
+    # After a newline (the paper's RTE template) the label word has no leading space, and sentences are stripped.
+    _, tokenizer, template = causal_model(tiny_decoders["llama"], "rte")
+    assert template.text.endswith("Yes or No?\n{mask}")
+    feature = template.encode(RTE, tokenizer, 64)[0]
+    assert tokenizer.decode(feature["input_ids"][1:]) == 'A man sleeps.\nDoes this mean that "The man is asleep." is ' \
+                                                         'true? Yes or No?\n'
+    assert template.label_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids(w) for w in ("Yes", "No")]
+
+
+def test_a_causal_template_must_end_with_the_mask():
+    with pytest.raises(ZoftError, match=r"goes on after \{mask\}; a decoder-only model reads the label word"):
+        task_template(get_task("sst2"), "{s1} It was {mask}.", causal=True)
+
+
+def test_a_decoder_truncates_the_sentence_not_the_prompt(tiny_decoders):
+    _, tokenizer, template = causal_model(tiny_decoders["qwen2"], "sst2")
+    feature = template.encode(SST2, tokenizer, 8)[2]
+    prompt = tokenizer(" It was", add_special_tokens=False)["input_ids"]
+    assert len(feature["input_ids"]) == 8 and feature["input_ids"][-len(prompt):] == prompt
+
+
+def lora_decoder_prompt(folder: Path) -> tuple[torch.nn.Module, dict, list[torch.nn.Parameter]]:
+    """A tiny decoder's SST-2 prompt model with LoRA (PEFT's default target modules for its family), a batch of
+    three prompts of different lengths (padded), and the trainable parameters."""
+    model, tokenizer, template = causal_model(folder, "sst2")
+    batch = collate(template.encode(SST2, tokenizer, 64), tokenizer)
+    torch.manual_seed(0)
+    model = prepare_trainable(model, ModelConfig(model=str(folder)), "lora", None).eval()  # PEFT's dropout off
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in name for name in names)
+    return model, batch, [p for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_backprop_lowers_the_loss_through_a_decoder_prompt(tiny_decoders, family):
+    model, batch, trainable = lora_decoder_prompt(tiny_decoders[family])
+    with torch.no_grad():
+        start = model(**batch).loss.item()
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    for _ in range(10):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert model(**batch).loss.item() < start - 0.1
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_mezo_lowers_the_loss_through_a_decoder_prompt_with_forward_passes_only(tiny_decoders, family):
+    model, batch, trainable = lora_decoder_prompt(tiny_decoders[family])
+    # 16 directions a step: LoRA's B starts at zero, so a single direction's estimate is mostly noise on a
+    # random model (seen: the loss rising over 20 one-direction steps at rates from 0.1 to 10).
+    optimizer = ZerothOrderSGD(trainable, lr=3e-2, eps=1e-3, seed=0, n_perturbations=16)
+    with torch.no_grad():
+        start = model(**batch).loss.item()
+        for _ in range(40):
+            optimizer.step(lambda: model(**batch).loss)
+        # seen: falls of 0.03 (OPT) to 0.22 (Llama)
+        assert model(**batch).loss.item() < start - 0.01
+
+
 # -- through the CLI -------------------------------------------------------------------------------------
 
 
@@ -284,13 +389,46 @@ def test_mezo_trains_through_the_prompt_with_forward_passes_only(tmp_path, tiny_
     assert_reload_reproduces_test_predictions(run, tiny_bert_mlm)
 
 
+def test_compare_on_a_decoder_runs_lora_and_mezo_through_its_prompt_and_reports_them(tmp_path, tiny_decoders,
+                                                                                     real_glue):
+    decoder, out = tiny_decoders["llama"], tmp_path / "compare"
+    assert main(["compare", "--task", "sst2", "--model", str(decoder), "--head", "prompt", "--methods",
+                 "lora,mezo-lora", "--data-dir", str(real_glue), "--train-limit", "64", "--validation-fraction",
+                 "0.002", "--test-limit", "64", "--steps", "6", "--eval-every", "3", "--batch-size", "8",
+                 "--max-length", "64", "--lr", "3e-2", "--quiet", "--out", str(out)]) == 0
+    for method, backward in (("lora", 6), ("mezo-lora", 0)):
+        summary = RunFolder(out / method).read_summary().to_json()
+        assert summary["status"] == "completed" and summary["passes"]["backward"] == backward
+        config = RunFolder(out / method).read_config()
+        assert (config.model.head, config.model.template) == ("prompt", "{s1} It was {mask}")
+        prompt = json.loads((out / method / "model" / "zoft_prompt.json").read_text())
+        assert prompt["causal"] is True and prompt["mask_token_id"] is None
+        assert_reload_reproduces_test_predictions(out / method, decoder)
+    assert RunFolder(out / "lora").read_summary().to_json()["best"]["step"] > 0  # LoRA moved the predictions
+    report = (out / "report" / "report.md").read_text()
+    assert "LoRA" in report and "MeZO (LoRA)" in report
+    comparison = report.split("## Comparison")[1].split("##")[0]
+    assert "Majority class" in comparison and "Peak memory" in comparison and "Time/step" in comparison
+
+
+def test_mezo_on_all_weights_of_a_decoder_saves_a_model_that_reloads(tmp_path, tiny_decoders, real_glue):
+    run = tmp_path / "run"
+    assert train_sst2_prompt(run, tiny_decoders["opt"], real_glue, "--method", "mezo", "--params", "all",
+                             "--lr", "1e-3") == 0
+    summary = RunFolder(run).read_summary().to_json()
+    assert summary["parameters"]["trainable"] == summary["parameters"]["total"]
+    assert (run / "model" / "model.safetensors").is_file()
+    assert_reload_reproduces_test_predictions(run, tiny_decoders["opt"])
+
+
 def test_a_model_without_a_masked_lm_head_is_a_one_line_error(tmp_path, real_glue, capsys):
     code = main(["train", "--model", "minilm", "--head", "prompt", "--task", "sst2", "--data-dir", str(real_glue),
                  "--train-limit", "64", "--validation-fraction", "0.002", "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("zoft: error: head=prompt needs a model with a masked-LM head")
-    assert "'minilm' has none" in err and "roberta-large" in err
+    assert err.count("\n") == 1
+    assert err.startswith("zoft: error: head=prompt needs a model with a masked-LM head or a decoder-only LM")
+    assert "'minilm' has neither" in err and "roberta-large" in err
 
 
 # -- the Table 18 benchmark script -----------------------------------------------------------------------

@@ -35,7 +35,7 @@ from zoft.data.tasks import MAX_LENGTH, TaskSpec, get_task
 from zoft.data.templates import task_template
 from zoft.errors import ZoftError, first_line
 from zoft.method_names import config_aliases
-from zoft.pretrained import has_masked_lm_head
+from zoft.pretrained import has_masked_lm_head, is_causal_lm
 
 Method = Literal["lora", "full", "mezo"]
 LM_BFF = "lm-bff"  # select_metric: what LM-BFF's and MeZO's code select on (TaskSpec.lm_bff_metric)
@@ -587,10 +587,21 @@ def _resolve_head(model: ModelConfig, method: MethodConfig, task: TaskSpec | Non
     """head=auto becomes prompt or classifier; a prompt head gets the task's template and label words
     where the user gave none, so that config.yaml records the prompt a run used."""
     if model.head == "auto":
-        model.head = "prompt" if _prompt_fits(model, method, task) and has_masked_lm_head(model.model) else "classifier"
+        has_lm_head = has_masked_lm_head(model.model) or is_causal_lm(model.model)
+        model.head = "prompt" if _prompt_fits(model, method, task) and has_lm_head else "classifier"
     if model.head == "prompt" and task is not None:
-        template = task_template(task, model.template, model.label_words)
+        template = task_template(task, model.template, model.label_words, causal=_reads_as_causal_lm(model.model))
         model.template, model.label_words = template.text, list(template.label_words)
+
+
+def _reads_as_causal_lm(name: str) -> bool:
+    """Whether the prompt is a decoder-only model's. A config that cannot be read here (a hub id, offline and
+    not cached) counts as a masked LM's: a plan still shows the masked-LM prompt the paper's presets run, and
+    loading that model fails with the reason anyway."""
+    try:
+        return is_causal_lm(name)
+    except ZoftError:
+        return False
 
 
 def _prompt_fits(model: ModelConfig, method: MethodConfig, task: TaskSpec | None) -> bool:

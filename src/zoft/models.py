@@ -14,7 +14,7 @@ from zoft.data.tasks import TaskSpec
 from zoft.data.templates import task_template
 from zoft.errors import ZoftError
 from zoft.heads import load_pooled_model
-from zoft.pretrained import load_pretrained
+from zoft.pretrained import is_causal_lm, load_pretrained
 from zoft.prompt import load_prompt_model
 
 
@@ -38,7 +38,7 @@ def load_task_model(cfg: ModelConfig, task: TaskSpec) -> tuple[nn.Module, Any]:
 def input_format(cfg: ModelConfig, task: TaskSpec) -> dict[str, Any]:
     """How examples become model inputs (the keyword arguments of data.batches.encode)."""
     if cfg.head == "prompt":
-        return {"template": task_template(task, cfg.template, cfg.label_words)}
+        return {"template": task_template(task, cfg.template, cfg.label_words, causal=is_causal_lm(cfg.model))}
     return {"separate_pairs": cfg.pair_encoding == "separate" and task.is_pair}
 
 

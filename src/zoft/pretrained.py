@@ -93,6 +93,13 @@ def has_masked_lm_head(name: str) -> bool:
     return any(architecture.endswith("ForMaskedLM") for architecture in architectures)
 
 
+def is_causal_lm(name: str) -> bool:
+    """Whether the checkpoint is a decoder-only language model (its config.json names a ...ForCausalLM class):
+    a prompt is then read as the next token's logits after it (zoft.prompt.CausalPromptClassifier)."""
+    architectures = getattr(read_model_config(name), "architectures", None) or []
+    return any(architecture.endswith("ForCausalLM") for architecture in architectures)
+
+
 def load_pretrained(auto_class: Any, name: str, dtype: str = "float32", **config_overrides: Any
                     ) -> tuple[nn.Module, Any]:
     """The model `name` through a transformers Auto class (its config updated by `config_overrides`), in

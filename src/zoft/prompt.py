@@ -5,6 +5,10 @@ An example is rendered into a template around the tokenizer's mask token (zoft.d
 (``terrible`` / ``great``) at the mask. The pretrained MLM head does the classifying, so a model starts
 from a sensible zero-shot guess instead of a random head; without it MeZO stays at chance (SST-2 51.9
 instead of 89.6 in the MeZO paper, Table 5).
+
+A decoder-only model (OPT, Llama, Qwen2, SmolLM2: CausalPromptClassifier) reads the prompt as the MeZO paper's
+large-model code does with train_as_classification: the template ends where the label word goes, and the score
+of each class is the next-token logit of its label word at the prompt's last token.
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForMaskedLM
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from zoft.config import ModelConfig
 from zoft.data.tasks import TaskSpec
 from zoft.data.templates import MLM_EXAMPLES, Template, mask_token_id, task_template
 from zoft.errors import ZoftError
-from zoft.pretrained import load_pretrained
+from zoft.pretrained import is_causal_lm, load_pretrained
 
 PROMPT_FILE = "zoft_prompt.json"
 LM_HEAD_FILE = "lm_head.safetensors"  # the masked-LM head's trained tensors beside a LoRA adapter (train_lm_head)
@@ -130,7 +134,8 @@ class PromptClassifier(nn.Module):
         folder = Path(folder)
         self.backbone.save_pretrained(folder)
         description = {"template": self.template.text, "label_words": list(self.template.label_words),
-                       "label_token_ids": self.label_token_ids.tolist(), "mask_token_id": self.mask_token_id}
+                       "label_token_ids": self.label_token_ids.tolist(), "mask_token_id": self.mask_token_id,
+                       "causal": self.template.causal}
         (folder / PROMPT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         if isinstance(self.backbone, PeftModel):
             head = self.lm_head_parameters()
@@ -146,19 +151,65 @@ class PromptClassifier(nn.Module):
         if not (folder / PROMPT_FILE).is_file():
             raise ZoftError(f"{folder} holds no prompt model ({PROMPT_FILE} is missing)")
         description = json.loads((folder / PROMPT_FILE).read_text())
+        causal = description.get("causal", False)
+        model_class, auto_class = ((CausalPromptClassifier, AutoModelForCausalLM) if causal
+                                   else (PromptClassifier, AutoModelForMaskedLM))
         if (folder / "adapter_config.json").is_file():
             base = base_model or json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-            backbone = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base), folder)
+            backbone = PeftModel.from_pretrained(auto_class.from_pretrained(base), folder)
         else:
-            backbone = AutoModelForMaskedLM.from_pretrained(folder)
-        template = Template(description["template"], tuple(description["label_words"]))
-        model = cls(backbone, template, description["label_token_ids"], description["mask_token_id"])
+            backbone = auto_class.from_pretrained(folder)
+        template = Template(description["template"], tuple(description["label_words"]), causal)
+        model = model_class(backbone, template, description["label_token_ids"], description["mask_token_id"])
         if (folder / LM_HEAD_FILE).is_file():
             head = model.lm_head_parameters()
             with torch.no_grad():
                 for name, tensor in load_file(folder / LM_HEAD_FILE).items():
                     head[name].copy_(tensor)
         return model
+
+
+class CausalPromptClassifier(PromptClassifier):
+    """A decoder-only language model whose class logits are the next-token logits of the label words after the
+    prompt (the template ends where the label word goes, zoft.data.templates).
+
+    The scored position is each row's last attended token, found from the attention mask, and the positions
+    count attended tokens only, so a row scores the same under left padding as under right padding. Only that
+    position goes through the output projection, and only the label words' rows of it: the full forward would
+    compute batch x length x vocabulary logits (49k words for SmolLM2, 152k for Qwen2) to read two of them.
+    """
+
+    def __init__(self, backbone: nn.Module, template: Template, label_token_ids: list[int],
+                 mask_token_id: int | None = None):
+        super().__init__(backbone, template, label_token_ids, mask_token_id=None)  # no mask: the prompt ends there
+
+    def _label_rows_match_the_head(self) -> bool:
+        return False  # the output projection is the head: label_logits reads its rows directly
+
+    def label_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The next-token logits of the label words after each row's prompt: batch x labels."""
+        attention_mask = inputs["attention_mask"]
+        attended = attention_mask.long().cumsum(-1)
+        last = attended.argmax(-1)  # the first position holding the row's count of tokens: its last token
+        rows = torch.arange(len(last), device=last.device)
+        position_ids = (attended - 1).clamp(min=0)
+        decoder = self.masked_lm()
+        projection = decoder.get_output_embeddings()
+        if not isinstance(projection, nn.Linear):  # LoRA on the output projection: take the whole forward
+            logits = decoder(input_ids=inputs["input_ids"], attention_mask=attention_mask,
+                             position_ids=position_ids).logits
+            return logits[rows, last][:, self.label_token_ids]
+        hidden = decoder.base_model(input_ids=inputs["input_ids"], attention_mask=attention_mask,
+                                    position_ids=position_ids).last_hidden_state[rows, last]
+        bias = None if projection.bias is None else projection.bias[self.label_token_ids]
+        return nn.functional.linear(hidden, projection.weight[self.label_token_ids], bias)
+
+    def lm_head_parameters(self) -> dict[str, nn.Parameter]:
+        return {}  # no head beside the decoder: its output projection is the embedding matrix or vocabulary-sized
+
+    def train_lm_head(self) -> None:
+        raise ZoftError("config key 'train_lm_head': a decoder-only model has no head beside its output projection "
+                        "(the embedding matrix, or a vocabulary-sized layer); train that with params (a regex)")
 
 
 @contextmanager
@@ -192,13 +243,19 @@ class _MaskedLMWithTrainedHead:
         model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, **kwargs)
         untrained = [key for key in info["missing_keys"] if not key.startswith(model.base_model_prefix + ".")]
         if untrained:
-            raise ZoftError(f"head=prompt needs a model with a masked-LM head; '{self.name}' has none (its "
-                            f"checkpoint lacks {', '.join(sorted(untrained)[:2])}, ...): {MLM_EXAMPLES}")
+            raise ZoftError(f"head=prompt needs a model with a masked-LM head or a decoder-only LM; '{self.name}' "
+                            f"has neither (its checkpoint lacks {', '.join(sorted(untrained)[:2])}, ...): "
+                            f"{MLM_EXAMPLES}")
         return model
 
 
 def load_prompt_model(cfg: ModelConfig, task: TaskSpec) -> tuple[PromptClassifier, Any]:
-    """The masked-LM model named by `cfg` wrapped as a PromptClassifier for `task`, and its tokenizer."""
+    """The masked-LM model named by `cfg` wrapped as a PromptClassifier for `task`, or the decoder-only one as a
+    CausalPromptClassifier, and its tokenizer."""
+    if is_causal_lm(cfg.model):
+        template = task_template(task, cfg.template, cfg.label_words, causal=True)
+        decoder, tokenizer = load_pretrained(AutoModelForCausalLM, cfg.model, cfg.dtype)
+        return CausalPromptClassifier(decoder, template, template.label_token_ids(tokenizer)), tokenizer
     template = task_template(task, cfg.template, cfg.label_words)
     masked_lm, tokenizer = load_pretrained(_MaskedLMWithTrainedHead(cfg.model), cfg.model, cfg.dtype)
     model = PromptClassifier(masked_lm, template, template.label_token_ids(tokenizer), mask_token_id(tokenizer))

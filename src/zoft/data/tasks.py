@@ -46,6 +46,7 @@ class TaskSpec:
     max_length: int = MAX_LENGTH  # the default input length in tokens
     template: str | None = None  # the prompt (zoft.prompt's syntax), None for regression
     label_words: tuple[str, ...] | None = None  # one word per class, in label order
+    causal_template: str | None = None  # the prompt for a decoder-only model: it ends where the label word goes
 
     @property
     def is_regression(self) -> bool:
@@ -85,6 +86,11 @@ ACCURACY_F1 = ("accuracy", "f1")
 # ({s1-}: the first sentence without its last character, {s2l}: the second with its first letter lower-cased).
 PARAPHRASE = "{s1} {mask}, {s2l}"
 INFERENCE = "{s1-}? {mask}, {s2l}"
+# Decoder-only models read the label word as the next token after the prompt, so their templates end at {mask}.
+# SST-2's and RTE's are the MeZO paper's large-model templates (large_models/templates.py: SST2Template,
+# RTETemplate); the others are zoft's, written in the style of RTE's (the paper ran no other GLUE task on OPT).
+CAUSAL_PARAPHRASE = '{s1}\nDoes this mean the same as "{s2}"? Yes or No?\n{mask}'
+CAUSAL_INFERENCE = '{s1}\nDoes this mean that "{s2}" is true? Yes or No?\n{mask}'
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -95,6 +101,7 @@ TASKS: dict[str, TaskSpec] = {
             metrics=("matthews",), main_metric="matthews",
             hub_name="cola", hub_text_columns=("sentence",), hub_label_names=BINARY,
             template="{s1} This is {mask}.", label_words=("incorrect", "correct"),
+            causal_template="{s1} This is {mask}",
         ),
         TaskSpec(
             name="sst2", glue_dir="SST-2",
@@ -102,20 +109,21 @@ TASKS: dict[str, TaskSpec] = {
             metrics=ACCURACY, main_metric="accuracy",
             hub_name="sst2", hub_text_columns=("sentence",), hub_label_names=BINARY,
             template="{s1} It was {mask}.", label_words=("terrible", "great"),
+            causal_template="{s1} It was {mask}",
         ),
         TaskSpec(
             name="mrpc", glue_dir="MRPC",
             text_columns=("#1 String", "#2 String"), label_column="Quality", label_names=BINARY,
             metrics=ACCURACY_F1, main_metric="accuracy",
             hub_name="mrpc", hub_text_columns=("sentence1", "sentence2"), hub_label_names=BINARY,
-            template=PARAPHRASE, label_words=("No", "Yes"),
+            template=PARAPHRASE, label_words=("No", "Yes"), causal_template=CAUSAL_PARAPHRASE,
         ),
         TaskSpec(
             name="qqp", glue_dir="QQP",
             text_columns=("question1", "question2"), label_column="is_duplicate", label_names=BINARY,
             metrics=ACCURACY_F1, main_metric="accuracy",
             hub_name="qqp", hub_text_columns=("question1", "question2"), hub_label_names=BINARY,
-            template=PARAPHRASE, label_words=("No", "Yes"),
+            template=PARAPHRASE, label_words=("No", "Yes"), causal_template=CAUSAL_PARAPHRASE,
         ),
         TaskSpec(
             name="stsb", glue_dir="STS-B",
@@ -133,20 +141,21 @@ TASKS: dict[str, TaskSpec] = {
             hub_test_splits=(("test", "validation_matched"), ("test_mismatched", "validation_mismatched")),
             hub_label_names=("entailment", "neutral", "contradiction"),
             max_length=256, template=INFERENCE, label_words=("No", "Yes", "Maybe"),
+            causal_template='{s1}\nCan we infer that "{s2}"? Yes, No, or Maybe?\n{mask}',
         ),
         TaskSpec(
             name="qnli", glue_dir="QNLI",
             text_columns=("question", "sentence"), label_column="label", label_names=ENTAILMENT,
             metrics=ACCURACY, main_metric="accuracy",
             hub_name="qnli", hub_text_columns=("question", "sentence"), hub_label_names=ENTAILMENT,
-            template=INFERENCE, label_words=("Yes", "No"),
+            template=INFERENCE, label_words=("Yes", "No"), causal_template=CAUSAL_INFERENCE,
         ),
         TaskSpec(
             name="rte", glue_dir="RTE",
             text_columns=("sentence1", "sentence2"), label_column="label", label_names=ENTAILMENT,
             metrics=ACCURACY, main_metric="accuracy",
             hub_name="rte", hub_text_columns=("sentence1", "sentence2"), hub_label_names=ENTAILMENT,
-            max_length=256, template=INFERENCE, label_words=("Yes", "No"),
+            max_length=256, template=INFERENCE, label_words=("Yes", "No"), causal_template=CAUSAL_INFERENCE,
         ),
         TaskSpec(
             name="wnli", glue_dir="WNLI",
@@ -154,7 +163,8 @@ TASKS: dict[str, TaskSpec] = {
             metrics=ACCURACY, main_metric="accuracy",
             # the hub calls its classes (not_entailment, entailment); the files write 0 and 1
             hub_name="wnli", hub_text_columns=("sentence1", "sentence2"), hub_label_names=BINARY,
-            template=INFERENCE, label_words=("No", "Yes"),  # not among the paper's tasks: RTE's template
+            # not among the paper's tasks: RTE's templates
+            template=INFERENCE, label_words=("No", "Yes"), causal_template=CAUSAL_INFERENCE,
         ),
     )
 }

@@ -15,6 +15,12 @@ rules reproduce the token sequences of LM-BFF's templates, which the MeZO paper'
   it; ``{s2l-}`` does both.
 - A space before ``{mask}`` is dropped: the mask stands for the label word together with its leading
   space, as the label words are scored as `` great`` (BPE ``Ġgreat``; WordPiece ignores the space).
+
+A causal template (``causal=True``, for decoder-only models) ends at ``{mask}``: the prompt is everything
+before it, with the tokenizer's leading special tokens (a BOS) and none after it (an EOS would be the position
+read), and the label word is the next token. As in the MeZO paper's large-model code, sentences are stripped,
+and a label word after a newline is scored without a leading space (``...Yes or No?\n`` + ``Yes``), one after
+a space with it (``It was`` + `` great``).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class Template:
 
     text: str
     label_words: tuple[str, ...]
+    causal: bool = False
 
     def parts(self) -> list[Part]:
         parts: list[Part] = []
@@ -73,7 +80,7 @@ class Template:
                 kind, case, drop = sentence.groups()
                 parts.append(Part(kind, " " if space else "", case, bool(drop)))
             else:
-                parts.append(Part(name))
+                parts.append(Part(name, space))  # a mask keeps its whitespace: a causal prompt may end in a newline
             position = match.end()
         if position < len(self.text):
             parts.append(Part("literal", self.text[position:]))
@@ -92,6 +99,9 @@ class Template:
                 kind = "a pair task" if task.is_pair else "a single-sentence task"
                 raise ZoftError(f"config key 'template': '{self.text}' has {{{name}}} {names.count(name)} times; "
                                 f"task {task.name} ({kind}) needs it {count} times")
+        if self.causal and self.parts()[-1].kind != "mask":
+            raise ZoftError(f"config key 'template': '{self.text}' goes on after {{mask}}; a decoder-only model reads "
+                            "the label word as the next token, so its template ends with {mask}")
         labels = task.label_names or ()
         if len(self.label_words) != len(labels):
             raise ZoftError(f"config key 'label_words': task {task.name} has {len(labels)} labels "
@@ -99,16 +109,22 @@ class Template:
 
     def label_token_ids(self, tokenizer: Any) -> list[int]:
         """The one token of each label word, with the leading space of a word inside a sentence."""
-        ids = [_single_token(word, tokenizer) for word in self.label_words]
+        space = not (self.causal and self._newline_before_mask())
+        ids = [_single_token(word, tokenizer, space) for word in self.label_words]
         if len(set(ids)) < len(ids):
             raise ZoftError(f"config key 'label_words': {', '.join(self.label_words)} are not distinct tokens of "
                             f"the tokenizer (uncased models lower-case them)")
         return ids
 
+    def _newline_before_mask(self) -> bool:
+        return "\n" in next(part.text for part in self.parts() if part.kind == "mask")
+
     def encode(self, examples: Examples, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
-        """Each example rendered around exactly one mask, its sentences truncated (longest first) to fit
-        `max_length`; the features data.batches.collate pads."""
+        """Each example rendered around exactly one mask (a causal template: up to where the label word goes),
+        its sentences truncated (longest first) to fit `max_length`; the features data.batches.collate pads."""
         self.label_token_ids(tokenizer)  # fail on unusable label words before any training starts
+        if self.causal:
+            return self._encode_causal(examples, tokenizer, max_length)
         mask_id = mask_token_id(tokenizer)
         prefix, suffix, token_types = _special_tokens(tokenizer)
         tokenised = self._tokenised_parts(examples, tokenizer, mask_id)
@@ -129,19 +145,40 @@ class Template:
             features.append(feature)
         return features
 
-    def _tokenised_parts(self, examples: Examples, tokenizer: Any, mask_id: int) -> list[tuple[str, Any]]:
+    def _encode_causal(self, examples: Examples, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+        prefix = _special_tokens(tokenizer)[0]
+        tokenised = self._tokenised_parts(examples, tokenizer, None)
+        budget = max_length - len(prefix) - sum(len(ids) for kind, ids in tokenised if kind not in SENTENCES)
+        if budget < 0:
+            raise ZoftError(f"config key 'max_length': {max_length} tokens cannot hold the template '{self.text}'; "
+                            "raise max_length")
+        features = []
+        for i, label in enumerate(examples.labels):
+            input_ids = prefix + _render(tokenised, i, budget)
+            features.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": label})
+        return features
+
+    def _tokenised_parts(self, examples: Examples, tokenizer: Any, mask_id: int | None) -> list[tuple[str, Any]]:
         """Each part's token ids: one list for the template's own text and the mask, a list per example
         for a sentence (every column tokenised in one call, which is what makes tokenisers fast)."""
         tokenised: list[tuple[str, Any]] = []
         for part in self.parts():
-            if part.kind == "mask":
+            if part.kind == "mask" and mask_id is None:  # causal: the prompt ends here, with its newline if any
+                if self._newline_before_mask():
+                    tokenised.append(("literal", tokenizer(part.text, add_special_tokens=False)["input_ids"]))
+            elif part.kind == "mask":
                 tokenised.append((part.kind, [mask_id]))
             elif part.kind == "literal":
                 tokenised.append((part.kind, tokenizer(part.text, add_special_tokens=False)["input_ids"]))
             else:
-                column = [part.render(example[SENTENCES.index(part.kind)]) for example in examples.texts]
+                column = [part.render(self._sentence(example[SENTENCES.index(part.kind)]))
+                          for example in examples.texts]
                 tokenised.append((part.kind, tokenizer(column, add_special_tokens=False)["input_ids"]))
         return tokenised
+
+
+    def _sentence(self, text: str) -> str:
+        return text.strip() if self.causal else text
 
 
 # The tasks' own prompts (zoft.data.tasks), as Templates.
@@ -151,17 +188,18 @@ DEFAULT_TEMPLATES: dict[str, Template] = {
 }
 
 
-def task_template(task: TaskSpec, text: str | None = None, words: list[str] | tuple[str, ...] | None = None
-                  ) -> Template:
-    """The task's template and label words, or the user's `text` / `words` in their place, checked."""
+def task_template(task: TaskSpec, text: str | None = None, words: list[str] | tuple[str, ...] | None = None,
+                  causal: bool = False) -> Template:
+    """The task's template and label words, or the user's `text` / `words` in their place, checked; `causal`:
+    the template for a decoder-only model (its label word read as the next token)."""
     require_classification(task, PROMPT_HEAD)
     default = DEFAULT_TEMPLATES.get(task.name)
-    text = text or (default.text if default else None)
+    text = text or ((task.causal_template if causal else default.text) if default else None)
     words = words or (default.label_words if default else None)
     if text is None or words is None:
         raise ZoftError(f"task {task.name} has no default prompt: set template (with {{s1}}, {{mask}}) and "
                         f"label_words (one per label: {', '.join(task.label_names or ())})")
-    template = Template(text, tuple(words))
+    template = Template(text, tuple(words), causal)
     template.check(task)
     return template
 
@@ -173,10 +211,10 @@ def mask_token_id(tokenizer: Any) -> int:
     return tokenizer.mask_token_id
 
 
-def _single_token(word: str, tokenizer: Any) -> int:
+def _single_token(word: str, tokenizer: Any, space: bool = True) -> int:
     # A leading space: in a sentence the word follows a space, and BPE vocabularies hold " great" ('Ġgreat')
     # apart from "great"; WordPiece and SentencePiece treat the space as a word boundary.
-    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+    ids = tokenizer((" " if space else "") + word, add_special_tokens=False)["input_ids"]
     if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
         tokens = tokenizer.convert_ids_to_tokens(ids)
         raise ZoftError(f"config key 'label_words': '{word}' is not a single token of the tokenizer (it becomes "
