@@ -176,7 +176,6 @@ class Template:
                 tokenised.append((part.kind, tokenizer(column, add_special_tokens=False)["input_ids"]))
         return tokenised
 
-
     def _sentence(self, text: str) -> str:
         return text.strip() if self.causal else text
 
