@@ -89,15 +89,19 @@ def read_model_config(name: str) -> Any:
 def has_masked_lm_head(name: str) -> bool:
     """Whether the checkpoint was saved as a masked LM (its config.json names a ...ForMaskedLM class, as
     roberta-large's and bert-base-uncased's do), so that prompt-based fine-tuning can read its MLM head."""
-    architectures = getattr(read_model_config(name), "architectures", None) or []
-    return any(architecture.endswith("ForMaskedLM") for architecture in architectures)
+    return _saved_as(name, "ForMaskedLM")
 
 
 def is_causal_lm(name: str) -> bool:
     """Whether the checkpoint is a decoder-only language model (its config.json names a ...ForCausalLM class):
     a prompt is then read as the next token's logits after it (zoft.prompt.CausalPromptClassifier)."""
+    return _saved_as(name, "ForCausalLM")
+
+
+def _saved_as(name: str, suffix: str) -> bool:
+    """Whether the model's config.json names an architecture class ending with `suffix`."""
     architectures = getattr(read_model_config(name), "architectures", None) or []
-    return any(architecture.endswith("ForCausalLM") for architecture in architectures)
+    return any(architecture.endswith(suffix) for architecture in architectures)
 
 
 def load_pretrained(auto_class: Any, name: str, dtype: str = "float32", **config_overrides: Any
